@@ -1,0 +1,1 @@
+"""Datasets: the embedded procedural world and the papers' dataset adapters."""

@@ -1,0 +1,1 @@
+"""Model library: open_clip loading and safe checkpoints, zero-shot heads, prompts."""

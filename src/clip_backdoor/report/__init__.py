@@ -1,0 +1,1 @@
+"""Summary table, figures, LaTeX/Markdown tables and the HTML report."""

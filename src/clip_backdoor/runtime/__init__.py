@@ -1,0 +1,1 @@
+"""Process-level plumbing: device choice, seeding, atomic writes, safe checkpoints, resume."""
