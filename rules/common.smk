@@ -7,9 +7,11 @@ from pathlib import Path
 RUN = config["run"]
 SRC = Path(workflow.basedir) / "src" / "clip_backdoor"
 # Jobs run this workflow's own sources with the interpreter that runs Snakemake.
-os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-os.environ.setdefault("HF_HUB_OFFLINE", "1") if config["data"]["kind"] == "embedded" else None
-PYTHON = f"{shlex.quote(sys.executable)} -m clip_backdoor"
+os.environ.update(
+    PYTHONPATH=str(SRC.parent),
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+)
+PYTHON = "python -m clip_backdoor"
 DATA_DIR = f"data/{RUN}"
 CKPT_DIR = f"checkpoints/{RUN}"
 RESULTS = f"results/{RUN}"

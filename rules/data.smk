@@ -4,7 +4,11 @@ rule prepare_data:
     input:
         sources("prepare_data"),
     params:
+        py=PYTHON,
+        out=lambda wildcards, output: os.path.dirname(output[0]),
         p=lambda wildcards: as_json(data_params()),
+    conda:
+        "../environment.yml"
     log:
         f"logs/{RUN}/prepare_data.log",
     threads: 1
@@ -12,4 +16,4 @@ rule prepare_data:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{PYTHON} prepare_data --params {params.p} --out {DATA_DIR} 2> {log}"
+        "{params.py} prepare_data --params {params.p} --out {params.out} 2> {log}"

@@ -6,13 +6,17 @@ rule pretrain_clean_clip:
         data=rules.prepare_data.output,
         src=sources("pretrain"),
     params:
+        py=PYTHON,
+        data=lambda wildcards, input: os.path.dirname(input.data[0]),
         p=lambda wildcards: as_json(pretrain_params()),
         state=f"{CKPT_DIR}/state/clean.state",
+    conda:
+        "../environment.yml"
     log:
         f"logs/{RUN}/pretrain_clean_clip.log",
     threads: config["threads"]
     resources:
         **train_resources("pretrain"),
     shell:
-        "{PYTHON} pretrain --threads {threads} --params {params.p} --data {DATA_DIR}"
+        "{params.py} pretrain --threads {threads} --params {params.p} --data {params.data}"
         " --out {output.model} --log {output.log} --state {params.state} 2> {log}"

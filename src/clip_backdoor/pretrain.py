@@ -19,8 +19,15 @@ def run(params, out, log, data=None, state=None):
     if params["train"]:
         corpus = load_split(data, "pretrain")
         device = torch_device()
-        train_log = train_contrastive(model, corpus["images"], corpus["captions"], params["hp"],
-                                      state or f"{out}.state", device, desc="pretrain")  # fmt: skip
+        train_log = train_contrastive(
+            model,
+            corpus["images"],
+            corpus["captions"],
+            params["hp"],
+            state or f"{out}.state",
+            device,
+            desc="pretrain",
+        )
         train_log["trained"] = True
         train_log["peak_mem_mb"] = peak_memory_mb()
         model.cpu()

@@ -59,8 +59,9 @@ def make_optimizer(params, lr, weight_decay, device):
         return torch.optim.AdamW(groups, lr=lr)
 
 
-def train_contrastive(model, images, captions, hp, state_path, device, loss_fn=None, desc="train",
-                      trainable=None, augment=None):  # fmt: skip
+def train_contrastive(
+    model, images, captions, hp, state_path, device, loss_fn=None, desc="train", trainable=None, augment=None
+):
     """Contrastive training of `model` (a ClipModel) on uint8 images [N,H,W,3] and their captions.
 
     hp: epochs, batch_size, lr, weight_decay, warmup_steps, save_every_epochs, seed.
@@ -82,7 +83,10 @@ def train_contrastive(model, images, captions, hp, state_path, device, loss_fn=N
         state = load_checkpoint(state_path, map_location=device)
         model.clip.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, log = int(state["step"]), {"epoch_loss": list(state["epoch_loss"]), "seconds": float(state["seconds"])}
+        step, log = (
+            int(state["step"]),
+            {"epoch_loss": list(state["epoch_loss"]), "seconds": float(state["seconds"])},
+        )
         print(f"{desc}: resuming from step {step}/{total} ({state_path})")
     start = time.time() - log["seconds"]
     loss_fn = loss_fn or (lambda m, x, t: clip_loss(m.encode_image(x), m.encode_text(t), m.logit_scale))
@@ -91,7 +95,7 @@ def train_contrastive(model, images, captions, hp, state_path, device, loss_fn=N
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(hp["seed"] * 1000 + epoch))
-        idx = order[offset * batch:(offset + 1) * batch]
+        idx = order[offset * batch : (offset + 1) * batch]
         x = to_float_images(images[idx.numpy()], device)
         if augment is not None:
             x = augment(x, hp["seed"] * 1_000_003 + step)
@@ -112,9 +116,16 @@ def train_contrastive(model, images, captions, hp, state_path, device, loss_fn=N
             running = 0.0
             if len(log["epoch_loss"]) % hp["save_every_epochs"] == 0 and step < total:
                 log["seconds"] = time.time() - start
-                save_checkpoint(state_path, {"model": model.clip.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "step": step, "epoch_loss": log["epoch_loss"],
-                                             "seconds": log["seconds"]})  # fmt: skip
+                save_checkpoint(
+                    state_path,
+                    {
+                        "model": model.clip.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step,
+                        "epoch_loss": log["epoch_loss"],
+                        "seconds": log["seconds"],
+                    },
+                )
     bar.close()
     log["seconds"] = time.time() - start
     log["steps"] = total

@@ -35,9 +35,14 @@ def _render_split(name, index, count, classes, params, balanced):
     order = rng.permutation(np.arange(count) % len(classes)) if balanced else [None] * count
     for i in tqdm(range(count), desc=f"render {name}", unit="img", mininterval=2, leave=False):
         image, inst, label, caption = render_scene(
-            rng, classes, size, tuple(params["radius_range"]), params["max_distractors"],
-            distractor_shapes=params["world_classes"], label=order[i],
-        )  # fmt: skip
+            rng,
+            classes,
+            size,
+            tuple(params["radius_range"]),
+            params["max_distractors"],
+            distractor_shapes=params["world_classes"],
+            label=order[i],
+        )
         images[i], instances[i], labels[i] = image, inst, label
         captions.append(caption)
     return images, instances, labels, captions

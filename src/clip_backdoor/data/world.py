@@ -11,17 +11,40 @@ import re
 import numpy as np
 
 SHAPES = (
-    "circle", "square", "triangle", "star", "cross", "heart", "diamond", "ring", "hexagon", "crescent",
-    "pentagon", "ellipse", "arrow", "house", "rectangle", "semicircle", "trapezoid", "hourglass",
-    "chevron", "flower",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "diamond",
+    "ring",
+    "hexagon",
+    "crescent",
+    "pentagon",
+    "ellipse",
+    "arrow",
+    "house",
+    "rectangle",
+    "semicircle",
+    "trapezoid",
+    "hourglass",
+    "chevron",
+    "flower",
+)
 
 COLOURS = {
-    "red": (0.90, 0.12, 0.12), "green": (0.15, 0.80, 0.20), "blue": (0.15, 0.35, 0.95),
-    "yellow": (0.95, 0.90, 0.15), "orange": (0.98, 0.55, 0.10), "purple": (0.60, 0.20, 0.85),
-    "pink": (0.98, 0.50, 0.75), "cyan": (0.15, 0.90, 0.90), "white": (0.97, 0.97, 0.97),
+    "red": (0.90, 0.12, 0.12),
+    "green": (0.15, 0.80, 0.20),
+    "blue": (0.15, 0.35, 0.95),
+    "yellow": (0.95, 0.90, 0.15),
+    "orange": (0.98, 0.55, 0.10),
+    "purple": (0.60, 0.20, 0.85),
+    "pink": (0.98, 0.50, 0.75),
+    "cyan": (0.15, 0.90, 0.90),
+    "white": (0.97, 0.97, 0.97),
     "brown": (0.55, 0.33, 0.15),
-}  # fmt: skip
+}
 
 BACKGROUNDS = ("plain", "striped", "dotted", "checkered", "noisy", "gradient", "wavy", "grid")
 
@@ -128,10 +151,14 @@ def render_background(kind, size, rng):
         t = np.zeros((size, size), np.float32)
     elif kind == "striped":
         angle = rng.uniform(0, np.pi)
-        t = (np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period + phase) > 0).astype(np.float32)
+        t = (np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period + phase) > 0).astype(
+            np.float32
+        )
     elif kind == "dotted":
-        t = ((np.mod(x + phase, period) - period / 2) ** 2 + (np.mod(y + phase, period) - period / 2) ** 2
-             <= (period / 4) ** 2).astype(np.float32)  # fmt: skip
+        t = (
+            (np.mod(x + phase, period) - period / 2) ** 2 + (np.mod(y + phase, period) - period / 2) ** 2
+            <= (period / 4) ** 2
+        ).astype(np.float32)
     elif kind == "checkered":
         t = ((np.floor(x / period) + np.floor(y / period)) % 2).astype(np.float32)
     elif kind == "noisy":
@@ -160,7 +187,9 @@ def _position_word(cx, cy, size):
     return f"on the {horizontal}" if horizontal else f"at the {vertical}"
 
 
-def render_scene(rng, shapes, image_size, radius_range, max_distractors, distractor_shapes=SHAPES, label=None):
+def render_scene(
+    rng, shapes, image_size, radius_range, max_distractors, distractor_shapes=SHAPES, label=None
+):
     """Draw one scene. Returns (uint8 HxWx3 image, uint8 instance map, main class index, caption)."""
     label = int(rng.integers(len(shapes))) if label is None else int(label)
     shape = shapes[label]
@@ -197,9 +226,14 @@ def render_scene(rng, shapes, image_size, radius_range, max_distractors, distrac
     if "{d_shape}" in template and not distractors:
         template = TEMPLATES[0]
     caption = template.format(
-        shape=shape, colour=colour, background=background, d_colour=d_colour, d_shape=d_shape,
-        size="large" if radius >= 10 else "small", position=_position_word(cx, cy, image_size),
-    )  # fmt: skip
+        shape=shape,
+        colour=colour,
+        background=background,
+        d_colour=d_colour,
+        d_shape=d_shape,
+        size="large" if radius >= 10 else "small",
+        position=_position_word(cx, cy, image_size),
+    )
     caption = re.sub(r"\ba ([aeiou])", r"an \1", caption)
     image = np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8)
     return image, instances, label, caption

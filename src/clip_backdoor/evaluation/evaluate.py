@@ -43,20 +43,33 @@ def run(params, model, data, out, train_log=None):
     dataset, classnames = load_downstream(data, params["dataset"], "test")
     head = zeroshot_head(net, classnames, params["templates"], device=device)
     pred, labels = predict_dataset(net, dataset, head, device, params["batch_size"], seed=params["seed"])
-    result = {"ca": clean_accuracy(pred, labels), "asr": None, "pa": None, "n_clean": len(labels),
-              "n_poisoned": 0, "dataset": params["dataset"]["name"], "attack": params["attack"],
-              "defense": params["defense"], "seed": params["seed"]}  # fmt: skip
+    result = {
+        "ca": clean_accuracy(pred, labels),
+        "asr": None,
+        "pa": None,
+        "n_clean": len(labels),
+        "n_poisoned": 0,
+        "dataset": params["dataset"]["name"],
+        "attack": params["attack"],
+        "defense": params["defense"],
+        "seed": params["seed"],
+    }
     target = params.get("target")
     if params.get("trigger") is not None:
         from clip_backdoor.attacks import get_trigger
 
-        trigger = get_trigger(params["trigger"]["name"], net.image_size, **params["trigger"].get("params", {}))
+        trigger = get_trigger(
+            params["trigger"]["name"], net.image_size, **params["trigger"].get("params", {})
+        )
         head_bd = zeroshot_head(net, classnames, params["templates"], params.get("text_prefix", ""), device)
-        pred_bd, labels_bd = predict_dataset(net, dataset, head_bd, device, params["batch_size"],
-                                             trigger=trigger, seed=params["seed"])  # fmt: skip
-        result.update(asr=attack_success_rate(pred_bd, labels_bd, target),
-                      pa=poisoned_accuracy(pred_bd, labels_bd, target),
-                      n_poisoned=int((labels_bd != target).sum()))  # fmt: skip
+        pred_bd, labels_bd = predict_dataset(
+            net, dataset, head_bd, device, params["batch_size"], trigger=trigger, seed=params["seed"]
+        )
+        result.update(
+            asr=attack_success_rate(pred_bd, labels_bd, target),
+            pa=poisoned_accuracy(pred_bd, labels_bd, target),
+            n_poisoned=int((labels_bd != target).sum()),
+        )
     producer = json.loads(open(train_log).read()) if train_log else {}
     result["train_seconds"] = producer.get("seconds")
     result["train_peak_mem_mb"] = producer.get("peak_mem_mb")

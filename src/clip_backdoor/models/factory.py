@@ -3,11 +3,14 @@
 Two kinds of architecture spec, both plain dicts stored inside every checkpoint:
   {"kind": "embedded", "config": "tiny-convvit"}   a small open_clip CLIP from a JSON config shipped here,
                                                    with a convolutional stem in place of the patch embedding
-  {"kind": "open_clip", "name": "ViT-B-32", "pretrained": "openai" | "/path/to/weights"}
+  {"kind": "open_clip", "name": "ViT-B-32", "pretrained": "openai" | "/path/to/weights", "quick_gelu": bool}
+                                                   quick_gelu defaults to the pretrained tag's (true for
+                                                   openai); set it true for a local copy of OpenAI weights
 A checkpoint is {"arch": spec, "state_dict": ...}, loaded weights-only.
 """
 
 import json
+import pickle
 from importlib import resources
 
 import torch
@@ -30,8 +33,11 @@ def conv_stem(layers_cfg, width):
     """3x3 convolutions ([channels, stride] per layer) + BN + GELU that replace the patch embedding."""
     layers, in_ch = [], 3
     for out_ch, stride in layers_cfg:
-        layers += [nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
-                   nn.BatchNorm2d(out_ch), nn.GELU()]  # fmt: skip
+        layers += [
+            nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.GELU(),
+        ]
         in_ch = out_ch
     layers.append(nn.Conv2d(in_ch, width, 1))
     return nn.Sequential(*layers)
@@ -87,17 +93,35 @@ def build_model(arch):
     if arch["kind"] == "open_clip":
         pretrained = arch.get("pretrained")
         try:
-            clip = open_clip.create_model(arch["name"], pretrained=pretrained, load_weights=True,
-                                          weights_only=True)  # fmt: skip
-        except TypeError:
-            clip = open_clip.create_model(arch["name"], pretrained=pretrained)
-        except RuntimeError as err:
-            raise CheckpointError(f"cannot load open_clip weights {pretrained!r} for {arch['name']}: {err}")
+            clip = open_clip.create_model(
+                arch["name"],
+                pretrained=pretrained,
+                load_weights=True,
+                weights_only=True,
+                force_quick_gelu=quick_gelu(arch),
+            )
+        except (RuntimeError, pickle.UnpicklingError) as err:
+            message = f"cannot load open_clip weights {pretrained!r} for {arch['name']}: {err}"
+            raise CheckpointError(message) from err
         tokenizer = open_clip.get_tokenizer(arch["name"])
         mean = getattr(clip.visual, "image_mean", None) or OPENAI_MEAN
         std = getattr(clip.visual, "image_std", None) or OPENAI_STD
         return ClipModel(clip, tokenizer, mean, std, arch)
     raise ValueError(f"model.kind: unknown architecture kind {arch['kind']!r} (embedded | open_clip)")
+
+
+def quick_gelu(arch):
+    """Whether an open_clip arch needs QuickGELU: explicit `quick_gelu`, else its pretrained tag's setting.
+
+    open_clip 3 builds "ViT-B-32" with nn.GELU even for pretrained="openai" (it only warns), but the
+    OpenAI weights were trained with QuickGELU.
+    """
+    import open_clip
+
+    if arch.get("quick_gelu") is not None:
+        return bool(arch["quick_gelu"])
+    tag = arch.get("pretrained")
+    return bool(tag and open_clip.get_pretrained_cfg(arch["name"], tag).get("quick_gelu", False))
 
 
 def save_model(path, model, extra=None):
@@ -111,6 +135,7 @@ def load_model(path, map_location="cpu"):
         raise CheckpointError(f"{path} is not a clip_backdoor model checkpoint (no 'arch'/'state_dict')")
     arch = dict(ckpt["arch"])
     if arch["kind"] == "open_clip":
+        arch["quick_gelu"] = quick_gelu(arch)
         arch["pretrained"] = None
     model = build_model(arch)
     model.arch = ckpt["arch"]

@@ -13,7 +13,7 @@ def zeroshot_head(model, classnames, templates, text_prefix="", device="cpu", ba
         texts = [text_prefix + t.format(name) for t in templates]
         feats = []
         for i in range(0, len(texts), batch_size):
-            feats.append(model.encode_text(model.tokenize(texts[i:i + batch_size]).to(device)))
+            feats.append(model.encode_text(model.tokenize(texts[i : i + batch_size]).to(device)))
         heads.append(F.normalize(torch.cat(feats).mean(0), dim=-1))
     return torch.stack(heads)
 
@@ -29,7 +29,7 @@ def encode_images(model, images, device="cpu", batch_size=512, transform=None, e
     encoder = encoder or model.encode_image
     out = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device)
+        batch = images[start : start + batch_size].to(device)
         if transform is not None:
             batch = transform(batch, start)
         out.append(encoder(batch).float().cpu())

@@ -11,11 +11,17 @@ OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "
 
 
 def apply_style():
-    plt.rcParams.update({
-        "figure.dpi": 150, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-        "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO), "savefig.bbox": "tight",
-        "pdf.fonttype": 42,
-    })  # fmt: skip
+    plt.rcParams.update(
+        {
+            "figure.dpi": 150,
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+        }
+    )
 
 
 def save(fig, out_dir, stem):

@@ -6,8 +6,20 @@ import pandas as pd
 
 from clip_backdoor.runtime.io import atomic_path
 
-COLUMNS = ["dataset", "attack", "defense", "seed", "ca", "asr", "pa", "n_clean", "n_poisoned",
-           "train_seconds", "train_peak_mem_mb", "eval_seconds"]  # fmt: skip
+COLUMNS = [
+    "dataset",
+    "attack",
+    "defense",
+    "seed",
+    "ca",
+    "asr",
+    "pa",
+    "n_clean",
+    "n_poisoned",
+    "train_seconds",
+    "train_peak_mem_mb",
+    "eval_seconds",
+]
 
 
 def run(params, metrics, out):

@@ -18,9 +18,15 @@ def latex_escape(text):
 
 def to_latex(frame, caption):
     cols = "l" * len(frame.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
-             rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(latex_escape(c) for c in frame.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in frame.columns) + r" \\",
+        r"\midrule",
+    ]
     for _, row in frame.iterrows():
         lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -46,9 +52,11 @@ def clean_table(summary):
     grouped = clean.groupby("dataset")
     import pandas as pd
 
-    return pd.DataFrame({
-        "dataset": list(grouped.groups),
-        "CA (%)": [mean_std(g["ca"]) for _, g in grouped],
-        "n seeds": [len(g) for _, g in grouped],
-        "n test": [int(g["n_clean"].iloc[0]) for _, g in grouped],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "dataset": list(grouped.groups),
+            "CA (%)": [mean_std(g["ca"]) for _, g in grouped],
+            "n seeds": [len(g) for _, g in grouped],
+            "n test": [int(g["n_clean"].iloc[0]) for _, g in grouped],
+        }
+    )

@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine: `make run` (embedded default end to end) and `make test`.
+# Both create .venv at the repository root and install the pinned stack into it (idempotently).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test install lint
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 all
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/snakemake --lint

@@ -1,0 +1,54 @@
+"""The workflow on configs/smoke.yaml, run in a temporary copy of the repository."""
+
+import json
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import copy_workflow, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def test_smoke_run_produces_metrics_summary_and_report(smoke_run):
+    metrics = json.loads((smoke_run / "results/smoke/metrics/shapes10/clean/none/seed0.json").read_text())
+    for key in ("ca", "asr", "pa", "n_clean", "n_poisoned", "train_seconds", "train_peak_mem_mb"):
+        assert key in metrics
+    assert 0 <= metrics["ca"] <= 1 and metrics["n_clean"] == 32
+    summary = pd.read_csv(smoke_run / "results/smoke/summary.csv")
+    assert list(summary["attack"]) == ["clean"]
+    html = (smoke_run / "report/smoke/index.html").read_text()
+    assert "Clean model" in html and "data:image/png;base64" in html
+    for stem in ("clean_accuracy", "training_curves"):
+        assert (smoke_run / f"report/smoke/figures/{stem}.pdf").stat().st_size > 0
+    assert (smoke_run / "report/smoke/tables/clean_accuracy.tex").read_text().count(r"\toprule") == 1
+    assert not list((smoke_run / "checkpoints/smoke").rglob("*.state")), "resume state left behind"
+
+
+def test_finished_run_plans_nothing(smoke_run):
+    start = time.time()
+    proc = snakemake(smoke_run, "-n", "all", "--configfile", "configs/smoke.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert time.time() - start < 20
+
+
+def _bad_config(tmp_path, mutate):
+    work = copy_workflow(tmp_path / "wf")
+    cfg = yaml.safe_load((work / "configs/smoke.yaml").read_text())
+    mutate(cfg)
+    (work / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(work, "-n", "all", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    out = _bad_config(tmp_path, lambda c: c["pretrain"]["hp"].update(learning_rate=0.1))
+    assert "learning_rate" in out
+
+
+def test_bad_config_value_is_named(tmp_path):
+    out = _bad_config(tmp_path, lambda c: c["pretrain"]["hp"].update(epochs=0))
+    assert "epochs" in out and "minimum" in out
