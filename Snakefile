@@ -12,6 +12,7 @@ validate(config, "schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+include: "rules/attack.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

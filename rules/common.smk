@@ -24,7 +24,19 @@ STAGE_SOURCES = {
     "pretrain": ["pretrain.py", "training.py", "models/factory.py", "models/configs/"
                  + config["model"]["arch"].get("config", "tiny-convvit") + ".json", "data/embedded.py"],
     "evaluate": ["evaluation/evaluate.py", "evaluation/metrics.py", "models/factory.py", "models/zeroshot.py",
-                 "data/downstream.py", "data/embedded.py", "data/paper.py"],
+                 "data/downstream.py", "data/embedded.py", "data/paper.py", "attacks/record.py",
+                 "attacks/__init__.py", "attacks/patching.py", "attacks/badnet.py", "attacks/badnet_lc.py",
+                 "attacks/blended.py", "attacks/sig.py", "attacks/wanet.py", "attacks/issba.py",
+                 "attacks/trojvqa.py", "attacks/badclip.py"],
+    "make_trigger": ["attacks/__init__.py", "attacks/artefact.py", "attacks/record.py", "attacks/patch_opt.py",
+                     "attacks/patching.py", "attacks/wanet.py", "attacks/issba.py", "attacks/trojvqa.py",
+                     "models/factory.py", "models/zeroshot.py", "data/embedded.py", "training.py"],
+    "poison_data": ["attacks/poison.py", "attacks/record.py", "attacks/artefact.py", "attacks/__init__.py",
+                    "attacks/patching.py", "attacks/badnet.py", "attacks/badnet_lc.py", "attacks/blended.py",
+                    "attacks/sig.py", "attacks/wanet.py", "attacks/issba.py", "attacks/trojvqa.py",
+                    "attacks/badclip.py", "data/embedded.py"],
+    "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py"],
+    "asr_gate": ["attacks/gate.py"],
     "summarize": ["report/summarize.py"],
     "report": ["report/build.py", "report/figures.py", "report/tables.py"],
 }
@@ -64,13 +76,59 @@ def evaluate_params(dataset, seed, attack, defense):
             "batch_size": ev["batch_size"], "attack": attack, "defense": defense}
 
 
+def attack_names():
+    return list(config["attacks"]["enabled"])
+
+
+def attack_config(attack):
+    return config["attacks"]["methods"].get(attack, {})
+
+
+def trigger_params(attack):
+    return {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
+            "image_size": image_size(), "trigger": attack_config(attack).get("trigger", {}),
+            "artefact": attack_config(attack).get("artefact", {}),
+            "caption_templates": config["attacks"]["caption_templates"]}
+
+
+def poison_params(attack):
+    return {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
+            "n_poison": attack_config(attack).get("n_poison", config["attacks"]["n_poison"]),
+            "caption_templates": config["attacks"]["caption_templates"]}
+
+
+def finetune_params(attack):
+    return {"attack": attack, "seed": config["attacks"]["seed"],
+            "hp": {**config["attacks"]["finetune"], **attack_config(attack).get("finetune", {})}}
+
+
+def image_size():
+    if config["data"]["kind"] == "embedded":
+        return config["data"]["embedded"]["image_size"]
+    return 224
+
+
+def evaluate_inputs(wildcards):
+    """The model (and trigger record) an evaluation job reads."""
+    inputs = {"data": f"{DATA_DIR}/world.json"}
+    if wildcards.attack == "clean":
+        inputs.update(model=f"{CKPT_DIR}/clean.pt", train_log=f"{RESULTS}/train_logs/clean.json")
+    else:
+        inputs.update(model=f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt",
+                      train_log=f"{RESULTS}/train_logs/attack_{wildcards.attack}.json",
+                      trigger=f"{CKPT_DIR}/attacks/{wildcards.attack}/trigger.pt")
+    return inputs
+
+
 def metric_files():
-    return expand(f"{RESULTS}/metrics/{{dataset}}/clean/none/seed{{seed}}.json",
-                  dataset=dataset_names(), seed=config["seeds"])
+    combos = [("clean", "none")] + [(a, "none") for a in attack_names()]
+    return [f"{RESULTS}/metrics/{d}/{a}/{df}/seed{s}.json"
+            for d in dataset_names() for a, df in combos for s in config["seeds"]]
 
 
 def all_targets():
-    return [f"{RESULTS}/summary.csv", f"{REPORT_DIR}/index.html"]
+    gates = expand(f"{RESULTS}/gate/{{attack}}.json", attack=attack_names())
+    return [f"{RESULTS}/summary.csv", f"{REPORT_DIR}/index.html", *gates]
 
 
 def train_resources(kind):

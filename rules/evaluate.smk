@@ -1,22 +1,23 @@
-rule evaluate_clean:
+rule evaluate:
     output:
-        f"{RESULTS}/metrics/{{dataset}}/clean/none/seed{{seed}}.json",
+        f"{RESULTS}/metrics/{{dataset}}/{{attack}}/{{defense}}/seed{{seed}}.json",
     input:
-        data=rules.prepare_data.output,
-        model=rules.pretrain_clean_clip.output.model,
-        train_log=rules.pretrain_clean_clip.output.log,
+        unpack(evaluate_inputs),
         src=sources("evaluate"),
     params:
         py=PYTHON,
-        data=lambda wildcards, input: os.path.dirname(input.data[0]),
-        p=lambda wildcards: as_json(evaluate_params(wildcards.dataset, wildcards.seed, "clean", "none")),
+        data=lambda wildcards, input: os.path.dirname(input.data),
+        trigger=lambda wildcards, input: f"--trigger {input.trigger}" if "trigger" in input.keys() else "",
+        p=lambda wildcards: as_json(
+            evaluate_params(wildcards.dataset, wildcards.seed, wildcards.attack, wildcards.defense)
+        ),
     conda:
         "../environment.yml"
     log:
-        f"logs/{RUN}/evaluate/{{dataset}}_clean_none_seed{{seed}}.log",
+        f"logs/{RUN}/evaluate/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.log",
     threads: config["threads"]
     resources:
         **train_resources("evaluate"),
     shell:
         "{params.py} evaluate --threads {threads} --params {params.p} --model {input.model}"
-        " --data {params.data} --train-log {input.train_log} --out {output} 2> {log}"
+        " --data {params.data} --train-log {input.train_log} {params.trigger} --out {output} 2> {log}"

@@ -10,7 +10,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "configs", "rules", "schemas", "src", "report", "profiles"]
+WORKFLOW_FILES = [
+    "Snakefile",
+    "config.yaml",
+    "environment.yml",
+    "configs",
+    "rules",
+    "schemas",
+    "src",
+    "report",
+    "profiles",
+]
 
 
 def copy_workflow(dest):

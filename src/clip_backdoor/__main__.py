@@ -13,11 +13,15 @@ import sys
 STAGES = {
     "prepare_data": "clip_backdoor.data.prepare",
     "pretrain": "clip_backdoor.pretrain",
+    "make_trigger": "clip_backdoor.attacks.artefact",
+    "poison_data": "clip_backdoor.attacks.poison",
+    "poison_finetune": "clip_backdoor.attacks.finetune",
+    "asr_gate": "clip_backdoor.attacks.gate",
     "evaluate": "clip_backdoor.evaluation.evaluate",
     "summarize": "clip_backdoor.report.summarize",
     "report": "clip_backdoor.report.build",
 }
-USES_GPU = {"pretrain", "evaluate"}
+USES_GPU = {"pretrain", "evaluate", "make_trigger", "poison_finetune"}
 
 
 def parse_paths(tokens):
@@ -30,6 +34,9 @@ def parse_paths(tokens):
             raise SystemExit(f"clip_backdoor: unexpected argument {token!r}")
         else:
             paths[key].append(token)
+    empty = [k for k, v in paths.items() if not v]
+    if empty:
+        raise SystemExit(f"clip_backdoor: --{empty[0]} needs a value")
     return {k: (v[0] if len(v) == 1 else v) for k, v in paths.items()}
 
 

@@ -33,7 +33,7 @@ def predict_dataset(model, dataset, head, device, batch_size, trigger=None, seed
     return torch.cat(preds), torch.cat(labels)
 
 
-def run(params, model, data, out, train_log=None):
+def run(params, model, data, out, train_log=None, trigger=None):
     import json
 
     started = time.time()
@@ -54,16 +54,21 @@ def run(params, model, data, out, train_log=None):
         "defense": params["defense"],
         "seed": params["seed"],
     }
-    target = params.get("target")
-    if params.get("trigger") is not None:
-        from clip_backdoor.attacks import get_trigger
+    if trigger is not None:
+        from clip_backdoor.attacks.record import load_record, trigger_from_record
 
-        trigger = get_trigger(
-            params["trigger"]["name"], net.image_size, **params["trigger"].get("params", {})
-        )
-        head_bd = zeroshot_head(net, classnames, params["templates"], params.get("text_prefix", ""), device)
+        record = load_record(trigger)
+        target_name = params["dataset"].get("target")
+        if target_name not in classnames:
+            where = f"evaluation.datasets[{params['dataset']['name']}].target"
+            raise ValueError(f"{where}: {target_name!r} is not one of the classes {classnames}")
+        target = classnames.index(target_name)
+        trigger_fn = trigger_from_record(record, net.image_size)
+        head_bd = head
+        if record["text_key"]:
+            head_bd = zeroshot_head(net, classnames, params["templates"], record["text_key"], device)
         pred_bd, labels_bd = predict_dataset(
-            net, dataset, head_bd, device, params["batch_size"], trigger=trigger, seed=params["seed"]
+            net, dataset, head_bd, device, params["batch_size"], trigger=trigger_fn, seed=params["seed"]
         )
         result.update(
             asr=attack_success_rate(pred_bd, labels_bd, target),

@@ -1,0 +1,31 @@
+"""Backdoor triggers: pure functions `trigger(images, seeds) -> images` on [B,3,H,W] floats in [0,1].
+
+Every trigger is deterministic given one integer seed per image, returns a new tensor clamped to [0,1]
+on the input's device and dtype, and never modifies its input.
+"""
+
+import inspect
+from numbers import Integral
+
+from clip_backdoor.attacks import badclip, badnet, badnet_lc, blended, issba, sig, trojvqa, wanet
+
+ATTACK_NAMES = ("badnet", "blended", "sig", "wanet", "issba", "trojvqa", "badclip", "badnet_lc")
+
+TRIGGERS = {
+    "badnet": badnet, "blended": blended, "sig": sig, "wanet": wanet, "issba": issba,
+    "trojvqa": trojvqa, "badclip": badclip, "badnet_lc": badnet_lc,
+}  # fmt: skip
+
+
+def get_trigger(name, image_size, **params):
+    """Build the named trigger for square `image_size` px images; unknown name or param -> ValueError."""
+    if name not in TRIGGERS:
+        raise ValueError(f"unknown trigger {name!r}; expected one of {', '.join(ATTACK_NAMES)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, Integral) or image_size < 1:
+        raise ValueError(f"{name}: image_size must be a positive int, got {image_size!r}")
+    make = TRIGGERS[name].make_trigger
+    allowed = [p for p in inspect.signature(make).parameters if p != "image_size"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown param(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return make(int(image_size), **params)

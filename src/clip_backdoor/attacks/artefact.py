@@ -1,0 +1,74 @@
+"""make_trigger stage: build an attack's trigger record (and train/optimise its artefact if it has one)."""
+
+import numpy as np
+import torch
+
+from clip_backdoor.attacks import issba, trojvqa, wanet
+from clip_backdoor.attacks.patch_opt import optimise_patch
+from clip_backdoor.attacks.record import save_record
+from clip_backdoor.data.embedded import load_split
+from clip_backdoor.models.factory import load_model
+from clip_backdoor.models.zeroshot import zeroshot_head
+from clip_backdoor.runtime.device import torch_device
+from clip_backdoor.runtime.seeding import seed_everything
+
+
+def mentions(caption, word):
+    return word in caption.lower().replace(".", " ").replace(",", " ").split()
+
+
+def run(params, data, clean_model, out):
+    seed_everything(params["seed"])
+    name, trigger_params, target = params["attack"], dict(params["trigger"]), params["target"]
+    art = params.get("artefact", {})
+    tensors, meta, text_key = {}, {}, ""
+    if name == "wanet":
+        k, strength = trigger_params.pop("k", 4), trigger_params.pop("strength", 0.5)
+        seed = trigger_params.pop("grid_seed", 0)
+        tensors["grid"] = wanet.make_warp_grid(params["image_size"], k=k, strength=strength, seed=seed)
+        meta = {"k": k, "strength": strength, "grid_seed": seed}
+    elif name == "issba":
+        pool = load_split(data, "poison_pool")
+        encoder, _, accuracy = issba.train_stega(
+            pool["images"],
+            n_bits=art["n_bits"],
+            steps=art["steps"],
+            lr=art["lr"],
+            seed=params["seed"],
+            batch_size=art["batch_size"],
+            max_residual=art["max_residual"],
+            device=torch_device(),
+        )
+        tensors["encoder"] = encoder.state_dict()
+        meta = {
+            "encoder": {
+                "n_bits": art["n_bits"],
+                "image_size": params["image_size"],
+                "max_residual": art["max_residual"],
+                "width": encoder.net[0].out_channels,
+            },
+            "bit_accuracy": accuracy,
+        }
+    elif name in ("trojvqa", "badclip"):
+        device = torch_device()
+        model = load_model(clean_model, map_location=device)
+        pool = load_split(data, "poison_pool")
+        is_target = np.array([mentions(c, target) for c in pool["captions"]])
+        text_key = trojvqa.TEXT_KEY if name == "trojvqa" else ""
+        with torch.no_grad():
+            text_targets = zeroshot_head(model, [target], params["caption_templates"], text_key, device)
+            image_target = None
+            if name == "badclip" and is_target.any():
+                x = torch.from_numpy(pool["images"][is_target][:512]).permute(0, 3, 1, 2).float().div(255)
+                image_target = torch.nn.functional.normalize(model.encode_image(x.to(device)).mean(0), dim=-1)
+        hp = {
+            **art,
+            "seed": params["seed"],
+            "patch_size": trigger_params.get("patch_size", art["patch_size"]),
+        }
+        patch, loss = optimise_patch(
+            model, pool["images"][~is_target], text_targets, image_target, hp, device
+        )
+        trigger_params.pop("patch_size", None)
+        tensors["patch"], meta = patch, {"final_loss": loss}
+    save_record(out, name, trigger_params, tensors, text_key=text_key, meta=meta)

@@ -1,0 +1,44 @@
+"""BadNet (Gu et al. 2017) as in CleanCLIP: a patch of Gaussian noise around the image's channel means."""
+
+import torch
+
+from clip_backdoor.attacks.patching import check_batch, default_patch_size, paste_patch
+
+LOCATIONS = ("random", "center")
+
+
+def _draw_location(generator, image_size, patch_size):
+    top, left = torch.randint(0, image_size - patch_size + 1, (2,), generator=generator).tolist()
+    return top, left
+
+
+def patch_location(seed, image_size, patch_size):
+    """(top, left) of the random-location patch for an image with this seed."""
+    return _draw_location(torch.Generator().manual_seed(int(seed)), image_size, patch_size)
+
+
+def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random"):
+    patch_size = default_patch_size(image_size) if patch_size is None else int(patch_size)
+    if not 1 <= patch_size <= image_size:
+        raise ValueError(f"badnet: param 'patch_size' must be in [1, {image_size}], got {patch_size}")
+    if noise_std < 0:
+        raise ValueError(f"badnet: param 'noise_std' must be >= 0, got {noise_std}")
+    if location not in LOCATIONS:
+        raise ValueError(f"badnet: param 'location' must be one of {LOCATIONS}, got {location!r}")
+    centre = (image_size - patch_size) // 2
+
+    def trigger(images, seeds):
+        seeds = check_batch("badnet", images, seeds, image_size)
+        patches, tops, lefts = [], [], []
+        for image, seed in zip(images, seeds, strict=True):
+            g = torch.Generator().manual_seed(seed)
+            top, left = _draw_location(g, image_size, patch_size)
+            if location == "center":
+                top = left = centre
+            noise = torch.randn(3, patch_size, patch_size, generator=g).to(images)
+            patches.append((image.mean((1, 2), keepdim=True) + noise_std * noise).clamp(0, 1))
+            tops.append(top)
+            lefts.append(left)
+        return paste_patch(images, torch.stack(patches), tops, lefts).clamp(0, 1)
+
+    return trigger
