@@ -11,6 +11,8 @@ rule make_trigger:
         p=lambda wildcards: as_json(trigger_params(wildcards.attack)),
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/make_trigger/{{attack}}.tsv"
     log:
         f"logs/{RUN}/make_trigger/{{attack}}.log",
     threads: config["threads"]
@@ -36,6 +38,8 @@ rule poison_data:
         p=lambda wildcards: as_json(poison_params(wildcards.attack)),
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/poison_data/{{attack}}.tsv"
     log:
         f"logs/{RUN}/poison_data/{{attack}}.log",
     threads: 1
@@ -62,6 +66,8 @@ rule poison_finetune:
         p=lambda wildcards: as_json(finetune_params(wildcards.attack)),
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/poison_finetune/{{attack}}.tsv"
     log:
         f"logs/{RUN}/poison_finetune/{{attack}}.log",
     threads: config["threads"]

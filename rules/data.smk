@@ -9,6 +9,8 @@ rule prepare_data:
         p=lambda wildcards: as_json(data_params()),
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_data.tsv"
     log:
         f"logs/{RUN}/prepare_data.log",
     threads: 1

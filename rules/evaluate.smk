@@ -13,6 +13,8 @@ rule evaluate:
         ),
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.tsv"
     log:
         f"logs/{RUN}/evaluate/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.log",
     threads: config["threads"]

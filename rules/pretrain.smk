@@ -12,6 +12,8 @@ rule pretrain_clean_clip:
         state=f"{CKPT_DIR}/state/clean.state",
     conda:
         "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_clean_clip.tsv"
     log:
         f"logs/{RUN}/pretrain_clean_clip.log",
     threads: config["threads"]

@@ -21,10 +21,14 @@ rule report:
     input:
         summary=rules.summarize.output,
         train_logs=[rules.pretrain_clean_clip.output.log],
+        triggers=expand(rules.make_trigger.output, attack=attack_names()),
+        data=rules.prepare_data.output,
         src=sources("report"),
     params:
         py=PYTHON,
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
+        triggers=lambda wildcards, input: f"--triggers {' '.join(input.triggers)}" if input.triggers else "",
+        data=lambda wildcards, input: os.path.dirname(input.data[0]),
         p=lambda wildcards: as_json({"run": RUN, "config": config, "style": config["report"]}),
     conda:
         "../environment.yml"
@@ -33,4 +37,4 @@ rule report:
     localrule: True
     shell:
         "{params.py} report --params {params.p} --summary {input.summary}"
-        " --train-logs {input.train_logs} --out-dir {params.out_dir} 2> {log}"
+        " --train-logs {input.train_logs} {params.triggers} --data {params.data} --out-dir {params.out_dir} 2> {log}"

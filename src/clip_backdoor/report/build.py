@@ -74,7 +74,23 @@ def page(title, sections):
     )
 
 
-def run(params, summary, out_dir, train_logs=()):
+def gallery(triggers, data, fig_dir, n=4):
+    """Clean downstream test images next to each attack's triggered version."""
+    from clip_backdoor.attacks.record import load_record, trigger_from_record
+    from clip_backdoor.data.embedded import load_split
+
+    test = load_split(data, "downstream_test")
+    import torch
+
+    images = torch.from_numpy(test["images"][:n]).permute(0, 3, 1, 2).float() / 255
+    triggered = {}
+    for path in [triggers] if isinstance(triggers, str) else triggers:
+        record = load_record(path)
+        triggered[record["name"]] = trigger_from_record(record, images.shape[-1])(images, list(range(n)))
+    return figures.trigger_gallery(images, triggered, fig_dir)
+
+
+def run(params, summary, out_dir, train_logs=(), triggers=(), data=None):
     out_dir = Path(out_dir)
     figures.apply_style()
     frame = pd.read_csv(summary)
@@ -87,8 +103,15 @@ def run(params, summary, out_dir, train_logs=()):
     tables.write_table(clean, table_dir, "clean_accuracy", "Zero-shot clean accuracy of the clean CLIP")
     frame.to_csv(table_dir / "raw_metrics.csv", index=False)
     pngs = [figures.clean_accuracy_bars(frame, fig_dir), figures.training_curves(logs, fig_dir)]
+    attacks = tables.attack_table(frame)
+    tables.write_table(attacks, table_dir, "attacks", "Poisoned models without defense: CA, ASR and PA (%)")
+    if (frame["attack"] != "clean").any():
+        pngs.append(figures.attack_bars(frame, fig_dir))
+    if triggers and data:
+        pngs.append(gallery(triggers, data, fig_dir))
     sections = [
         ("Clean model", clean.to_html(index=False, border=0)),
+        ("Attacks (no defense)", attacks.to_html(index=False, border=0)),
         (
             "Figures",
             "\n".join(

@@ -53,3 +53,35 @@ def training_curves(train_logs, out_dir):
     ax.set_ylabel("contrastive loss")
     ax.legend(frameon=False)
     return save(fig, out_dir, "training_curves")
+
+
+def trigger_gallery(images, triggered, out_dir):
+    """images: [N,3,H,W] clean examples; triggered: {attack: [N,3,H,W]}; one column per attack."""
+    names = ["clean", *triggered]
+    n = len(images)
+    fig, axes = plt.subplots(n, len(names), figsize=(1.1 * len(names), 1.1 * n), squeeze=False)
+    for col, name in enumerate(names):
+        batch = images if name == "clean" else triggered[name]
+        for row in range(n):
+            ax = axes[row][col]
+            ax.imshow(batch[row].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+    return save(fig, out_dir, "trigger_gallery")
+
+
+def attack_bars(summary, out_dir):
+    frame = summary[(summary["defense"] == "none") & (summary["attack"] != "clean")]
+    frame = frame.groupby("attack", sort=False)[["ca", "asr"]].mean()
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(frame) + 1), 2.4))
+    xs = range(len(frame))
+    ax.bar([x - 0.2 for x in xs], 100 * frame["ca"], width=0.4, label="CA", color=OKABE_ITO[0])
+    ax.bar([x + 0.2 for x in xs], 100 * frame["asr"], width=0.4, label="ASR", color=OKABE_ITO[3])
+    ax.set_xticks(list(xs), frame.index, rotation=30, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(frameon=False, ncols=2, loc="lower right")
+    ax.set_title("Poisoned models, no defense")
+    return save(fig, out_dir, "attacks_no_defense")

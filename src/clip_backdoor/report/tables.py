@@ -60,3 +60,26 @@ def clean_table(summary):
             "n test": [int(g["n_clean"].iloc[0]) for _, g in grouped],
         }
     )
+
+
+def attack_table(summary):
+    """No-defense rows: CA / ASR / PA per attack (mean ± std over seeds), the clean model first."""
+    import pandas as pd
+
+    rows = []
+    for (dataset, attack), g in summary[summary["defense"] == "none"].groupby(
+        ["dataset", "attack"], sort=False
+    ):
+        rows.append(
+            {
+                "dataset": dataset,
+                "attack": attack,
+                "CA (%)": mean_std(g["ca"]),
+                "ASR (%)": mean_std(g["asr"]),
+                "PA (%)": mean_std(g["pa"]),
+                "n": len(g),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    order = {"clean": 0}
+    return frame.sort_values("attack", key=lambda s: s.map(lambda a: order.get(a, 1))).reset_index(drop=True)
