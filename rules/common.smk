@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 RUN = config["run"]
-SRC = Path(workflow.basedir) / "src" / "clip_backdoor"
+SRC = Path(os.path.relpath(Path(workflow.basedir) / "src" / "clip_backdoor"))
 # Jobs run this workflow's own sources with the interpreter that runs Snakemake.
 os.environ.update(
-    PYTHONPATH=str(SRC.parent),
+    PYTHONPATH=str(SRC.parent.resolve()),
     PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
 )
 PYTHON = "python -m clip_backdoor"
