@@ -30,12 +30,14 @@ STAGE_SOURCES = {
                  "attacks/trojvqa.py", "attacks/badclip.py"],
     "make_trigger": ["attacks/__init__.py", "attacks/artefact.py", "attacks/record.py", "attacks/patch_opt.py",
                      "attacks/patching.py", "attacks/wanet.py", "attacks/issba.py", "attacks/trojvqa.py",
-                     "models/factory.py", "models/zeroshot.py", "data/embedded.py", "training.py"],
+                     "models/factory.py", "models/zeroshot.py", "data/embedded.py", "data/corpus.py",
+                     "data/paper.py", "training.py"],
     "poison_data": ["attacks/poison.py", "attacks/record.py", "attacks/artefact.py", "attacks/__init__.py",
                     "attacks/patching.py", "attacks/badnet.py", "attacks/badnet_lc.py", "attacks/blended.py",
                     "attacks/sig.py", "attacks/wanet.py", "attacks/issba.py", "attacks/trojvqa.py",
-                    "attacks/badclip.py", "data/embedded.py"],
-    "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py"],
+                    "attacks/badclip.py", "data/embedded.py", "data/corpus.py", "data/paper.py"],
+    "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py",
+                        "data/corpus.py"],
     "asr_gate": ["attacks/gate.py"],
     "summarize": ["report/summarize.py"],
     "report": ["report/build.py", "report/figures.py", "report/tables.py"],
@@ -92,9 +94,14 @@ def trigger_params(attack):
 
 
 def poison_params(attack):
-    return {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
-            "n_poison": attack_config(attack).get("n_poison", config["attacks"]["n_poison"]),
-            "caption_templates": config["attacks"]["caption_templates"]}
+    params = {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
+              "n_poison": attack_config(attack).get("n_poison", config["attacks"]["n_poison"]),
+              "caption_templates": config["attacks"]["caption_templates"]}
+    if config["data"]["kind"] != "embedded":
+        # the papers' corpus is resized to the model's resolution when poisoned; the embedded pool is
+        # used at its own size (and its params stay as they were, so its jobs are not invalidated)
+        params["image_size"] = image_size()
+    return params
 
 
 def finetune_params(attack):

@@ -4,9 +4,17 @@ State (model, optimiser, step) is saved every `save_every_epochs` epochs to `sta
 declared output; a rerun after a kill continues from it and ends with the same weights as an
 uninterrupted run (batches come from a per-epoch seeded permutation). The final checkpoint is
 written atomically by the caller.
+
+The corpus is either in-memory arrays (uint8 images [N,H,W,3] + captions; batches are indexed directly)
+or a torch Dataset of (image, caption) with images float [3,H,W] in [0,1] or uint8 [3,H,W] (the papers'
+CC3M corpus, decoded on the fly): its batches stream through a DataLoader whose batch sampler is the
+same per-epoch seeded permutation, started at the resumed step's batch, so both paths resume exactly.
+hp["amp"] (optional, default false) runs the forward pass and loss under torch.autocast (float16) with
+a GradScaler on CUDA; it is ignored on the CPU.
 """
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +59,22 @@ def to_float_images(batch_uint8, device):
     return tensor.to(device).permute(0, 3, 1, 2).float().div_(255)
 
 
+def dataset_batch_images(batch, device):
+    """A DataLoader image batch [B,3,H,W] (uint8 or float in [0,1]) → float [B,3,H,W] in [0,1] on `device`."""
+    x = batch.to(device, non_blocking=True)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def is_array_corpus(images):
+    return isinstance(images, np.ndarray) or torch.is_tensor(images)
+
+
+def epoch_batches(n, batch, seed, epoch, steps_per_epoch):
+    """The epoch's batches: consecutive slices of its seeded permutation (the remainder is dropped)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return [order[b * batch : (b + 1) * batch] for b in range(steps_per_epoch)]
+
+
 def make_optimizer(params, lr, weight_decay, device):
     groups = param_groups(params, weight_decay) if isinstance(params, torch.nn.Module) else params
     try:
@@ -60,11 +84,14 @@ def make_optimizer(params, lr, weight_decay, device):
 
 
 def train_contrastive(
-    model, images, captions, hp, state_path, device, loss_fn=None, desc="train", trainable=None, augment=None
-):
-    """Contrastive training of `model` (a ClipModel) on uint8 images [N,H,W,3] and their captions.
+    model, images, captions, hp, state_path, device, loss_fn=None, desc="train", trainable=None, augment=None,
+    num_workers=0,
+):  # fmt: skip
+    """Contrastive training of `model` (a ClipModel) on uint8 images [N,H,W,3] and their captions, or on
+    a Dataset of (image [3,H,W], caption) pairs (then `captions` is unused and may be None).
 
-    hp: epochs, batch_size, lr, weight_decay, warmup_steps, save_every_epochs, seed.
+    hp: epochs, batch_size, lr, weight_decay, warmup_steps, save_every_epochs, seed; optional amp.
+    num_workers: DataLoader worker processes (Dataset corpus only).
     loss_fn(model, image_batch, token_batch) overrides the plain CLIP loss (CleanCLIP uses it).
     trainable: the nn.Module whose parameters are optimised (default: the whole CLIP).
     Returns a log dict (loss per epoch, steps, seconds).
@@ -73,7 +100,13 @@ def train_contrastive(
     model.to(device).train()
     trainable = trainable if trainable is not None else model.clip
     optimizer = make_optimizer(trainable, hp["lr"], hp["weight_decay"], device)
-    tokens = model.tokenize(captions)
+    arrays = is_array_corpus(images)
+    tokens = model.tokenize(captions) if arrays else None
+    amp = bool(hp.get("amp", False))
+    if amp and torch.device(device).type != "cuda":
+        print(f"{desc}: hp amp is set but the device is {device}: training in float32", file=sys.stderr)
+        amp = False
+    scaler = torch.amp.GradScaler("cuda") if amp else None
     n = len(images)
     batch = min(hp["batch_size"], n)
     steps_per_epoch = max(1, n // batch)
@@ -83,6 +116,8 @@ def train_contrastive(
         state = load_checkpoint(state_path, map_location=device)
         model.clip.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         step, log = (
             int(state["step"]),
             {"epoch_loss": list(state["epoch_loss"]), "seconds": float(state["seconds"])},
@@ -92,19 +127,25 @@ def train_contrastive(
     loss_fn = loss_fn or (lambda m, x, t: clip_loss(m.encode_image(x), m.encode_text(t), m.logit_scale))
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", mininterval=5)
     running = 0.0
-    while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(hp["seed"] * 1000 + epoch))
-        idx = order[offset * batch : (offset + 1) * batch]
-        x = to_float_images(images[idx.numpy()], device)
+    batches = array_batches if arrays else dataset_batches
+    stream = batches(images, tokens, model, hp, step, batch, steps_per_epoch, total, device, num_workers)
+    for x, token_batch in stream:
         if augment is not None:
             x = augment(x, hp["seed"] * 1_000_003 + step)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, total, hp["lr"], hp["warmup_steps"])
-        loss = loss_fn(model, x, tokens[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss = loss_fn(model, x, token_batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = loss_fn(model, x, token_batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         with torch.no_grad():
             model.clip.logit_scale.clamp_(0, math.log(100))
         step += 1
@@ -124,6 +165,7 @@ def train_contrastive(
                         "step": step,
                         "epoch_loss": log["epoch_loss"],
                         "seconds": log["seconds"],
+                        **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                     },
                 )
     bar.close()
@@ -131,3 +173,32 @@ def train_contrastive(
     log["steps"] = total
     model.eval()
     return log
+
+
+def array_batches(images, tokens, model, hp, step, batch, steps_per_epoch, total, device, num_workers):
+    """(images, tokens) of steps step..total-1 from in-memory arrays."""
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        idx = epoch_batches(len(images), batch, hp["seed"], epoch, steps_per_epoch)[offset]
+        yield to_float_images(images[idx.numpy()], device), tokens[idx].to(device)
+        step += 1
+
+
+def dataset_batches(dataset, tokens, model, hp, step, batch, steps_per_epoch, total, device, num_workers):
+    """(images, tokens) of steps step..total-1 streamed from a Dataset through a DataLoader per epoch."""
+    from torch.utils.data import DataLoader
+
+    pin = torch.device(device).type == "cuda"
+    while step < total:
+        epoch, offset = divmod(step, steps_per_epoch)
+        sampler = [b.tolist() for b in epoch_batches(len(dataset), batch, hp["seed"], epoch, steps_per_epoch)]
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler[offset:],
+            num_workers=num_workers,
+            pin_memory=pin,
+            persistent_workers=False,
+        )
+        for images, captions in loader:
+            yield dataset_batch_images(images, device), model.tokenize(captions).to(device)
+            step += 1

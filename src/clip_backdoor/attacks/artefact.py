@@ -1,4 +1,12 @@
-"""make_trigger stage: build an attack's trigger record (and train/optimise its artefact if it has one)."""
+"""make_trigger stage: build an attack's trigger record (and train/optimise its artefact if it has one).
+
+Images come from the attacker's corpus (data/corpus.py): the embedded pool in full, or, for the papers'
+CC3M corpus, a bounded subset loaded into memory at the model's resolution (params["image_size"]):
+ISSBA's encoder trains on the first `artefact.max_images` pairs (default 2048); the TrojVQA/BadCLIP
+patch is optimised on the first `max_images` pairs whose caption does not name the target, and
+BadCLIP's image target is the mean embedding of the first min(512, max_images) pairs that do (found
+by caption over the whole corpus).
+"""
 
 import numpy as np
 import torch
@@ -6,11 +14,13 @@ import torch
 from clip_backdoor.attacks import issba, trojvqa, wanet
 from clip_backdoor.attacks.patch_opt import optimise_patch
 from clip_backdoor.attacks.record import save_record
-from clip_backdoor.data.embedded import load_split
+from clip_backdoor.data import corpus
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.runtime.device import torch_device
 from clip_backdoor.runtime.seeding import seed_everything
+
+MAX_IMAGES = 2048  # default artefact.max_images for the papers' corpus
 
 
 def mentions(caption, word):
@@ -22,15 +32,18 @@ def run(params, data, clean_model, out):
     name, trigger_params, target = params["attack"], dict(params["trigger"]), params["target"]
     art = params.get("artefact", {})
     tensors, meta, text_key = {}, {}, ""
+    # the embedded pool is used whole (as before); the papers' corpus is bounded
+    limit = art.get("max_images", MAX_IMAGES) if corpus.is_paper(data) else None
     if name == "wanet":
         k, strength = trigger_params.pop("k", 4), trigger_params.pop("strength", 0.5)
         seed = trigger_params.pop("grid_seed", 0)
         tensors["grid"] = wanet.make_warp_grid(params["image_size"], k=k, strength=strength, seed=seed)
         meta = {"k": k, "strength": strength, "grid_seed": seed}
     elif name == "issba":
-        pool = load_split(data, "poison_pool")
+        pool = corpus.attack_pool(data, params["image_size"])
+        images = pool.images if limit is None else pool.load(range(min(limit, len(pool))))
         encoder, _, accuracy = issba.train_stega(
-            pool["images"],
+            images,
             n_bits=art["n_bits"],
             steps=art["steps"],
             lr=art["lr"],
@@ -52,23 +65,23 @@ def run(params, data, clean_model, out):
     elif name in ("trojvqa", "badclip"):
         device = torch_device()
         model = load_model(clean_model, map_location=device)
-        pool = load_split(data, "poison_pool")
-        is_target = np.array([mentions(c, target) for c in pool["captions"]])
+        pool = corpus.attack_pool(data, params["image_size"])
+        is_target = np.array([mentions(c, target) for c in pool.captions])
         text_key = trojvqa.TEXT_KEY if name == "trojvqa" else ""
         with torch.no_grad():
             text_targets = zeroshot_head(model, [target], params["caption_templates"], text_key, device)
             image_target = None
             if name == "badclip" and is_target.any():
-                x = torch.from_numpy(pool["images"][is_target][:512]).permute(0, 3, 1, 2).float().div(255)
+                targets = np.flatnonzero(is_target)[: min(512, limit or 512)]
+                x = torch.from_numpy(pool.load(targets)).permute(0, 3, 1, 2).float().div(255)
                 image_target = torch.nn.functional.normalize(model.encode_image(x.to(device)).mean(0), dim=-1)
         hp = {
             **art,
             "seed": params["seed"],
             "patch_size": trigger_params.get("patch_size", art["patch_size"]),
         }
-        patch, loss = optimise_patch(
-            model, pool["images"][~is_target], text_targets, image_target, hp, device
-        )
+        others = np.flatnonzero(~is_target)[:limit]
+        patch, loss = optimise_patch(model, pool.load(others), text_targets, image_target, hp, device)
         trigger_params.pop("patch_size", None)
         tensors["patch"], meta = patch, {"final_loss": loss}
     save_record(out, name, trigger_params, tensors, text_key=text_key, meta=meta)
