@@ -4,7 +4,7 @@ rule make_trigger:
     input:
         data=rules.prepare_data.output,
         clean_model=rules.pretrain_clean_clip.output.model,
-        src=sources("make_trigger"),
+        src=lambda wildcards: sources("make_trigger", wildcards.attack),
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
@@ -30,7 +30,7 @@ rule poison_data:
     input:
         data=rules.prepare_data.output,
         trigger=rules.make_trigger.output,
-        src=sources("poison_data"),
+        src=lambda wildcards: sources("poison_data", wildcards.attack),
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data[0]),

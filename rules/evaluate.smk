@@ -3,7 +3,7 @@ rule evaluate:
         f"{RESULTS}/metrics/{{dataset}}/{{attack}}/{{defense}}/seed{{seed}}.json",
     input:
         unpack(evaluate_inputs),
-        src=sources("evaluate"),
+        src=lambda wildcards: sources("evaluate", wildcards.attack),
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data),

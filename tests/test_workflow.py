@@ -18,10 +18,10 @@ def test_smoke_run_produces_metrics_summary_and_report(smoke_run):
         assert key in metrics
     assert 0 <= metrics["ca"] <= 1 and metrics["n_clean"] == 32
     summary = pd.read_csv(smoke_run / "results/smoke/summary.csv")
-    assert list(summary["attack"]) == ["clean"]
+    assert sorted(summary["attack"]) == ["badnet", "clean", "trojvqa", "wanet"]
     html = (smoke_run / "report/smoke/index.html").read_text()
     assert "Clean model" in html and "data:image/png;base64" in html
-    for stem in ("clean_accuracy", "training_curves"):
+    for stem in ("clean_accuracy", "training_curves", "attacks_no_defense", "trigger_gallery"):
         assert (smoke_run / f"report/smoke/figures/{stem}.pdf").stat().st_size > 0
     assert (smoke_run / "report/smoke/tables/clean_accuracy.tex").read_text().count(r"\toprule") == 1
     assert not list((smoke_run / "checkpoints/smoke").rglob("*.state")), "resume state left behind"
