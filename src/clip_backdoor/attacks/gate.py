@@ -23,6 +23,7 @@ def run(params, metrics, out):
             f"asr_gate: the backdoor did not take (floor {100 * params['floor']:.0f}%): "
             + "; ".join(failed)
             + ". A defense result against an attack that never worked is meaningless: strengthen the attack "
-            "(attacks.<name>.n_poison, attacks.finetune.epochs/lr) or lower attacks.gate_floor."
+            "(attacks.methods.<name>.n_poison or .finetune epochs/lr, attacks.n_poison, attacks.finetune) "
+            "or lower attacks.gate_floor."
         )
     write_json(out, {"passed": True, "floor": params["floor"], "metrics": files})
