@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 all
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --keep-going all
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -15,6 +15,7 @@ include: "rules/pretrain.smk"
 include: "rules/attack.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/dvc.smk"
 
 
 rule all:

@@ -62,7 +62,7 @@ rule poison_finetune:
     params:
         py=PYTHON,
         corpus=lambda wildcards, input: os.path.dirname(input.corpus),
-        state=lambda wildcards, output: f"{os.path.dirname(output.model)}/finetune.state",
+        state=lambda wildcards, output: state_path(output.model),
         p=lambda wildcards: as_json(finetune_params(wildcards.attack)),
     conda:
         "../environment.yml"

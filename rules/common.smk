@@ -16,6 +16,8 @@ DATA_DIR = f"data/{RUN}"
 CKPT_DIR = f"checkpoints/{RUN}"
 RESULTS = f"results/{RUN}"
 REPORT_DIR = f"report/{RUN}"
+# Resume state of training jobs: not a declared output, and outside checkpoints/<run>, which DVC tracks.
+STATE_DIR = f"state/{RUN}"
 
 # Source modules each stage really runs: editing one reruns that stage's jobs and what follows.
 COMMON_SOURCES = ["__main__.py", "runtime/io.py", "runtime/seeding.py", "runtime/device.py", "runtime/usage.py"]
@@ -135,11 +137,62 @@ def metric_files():
             for d in dataset_names() for a, df in combos for s in config["seeds"]]
 
 
-def all_targets():
+def run_targets():
+    """What a run produces: the summary, the report and one ASR gate per attack."""
     gates = expand(f"{RESULTS}/gate/{{attack}}.json", attack=attack_names())
     return [f"{RESULTS}/summary.csv", f"{REPORT_DIR}/index.html", *gates]
+
+
+def all_targets():
+    return run_targets() + dvc_pointers()
+
+
+def state_path(checkpoint):
+    """The resume state of the job that writes `checkpoint` (checkpoints/<run>/X.pt → state/<run>/X.state).
+
+    Rules pass it as a params function of `output`, so Snakemake counts it as derived from the output
+    and a move of the state directory does not invalidate finished jobs."""
+    rel = os.path.relpath(checkpoint, CKPT_DIR)
+    return os.path.join(STATE_DIR, os.path.splitext(rel)[0] + ".state")
+
+
+def final_checkpoints():
+    """The final checkpoints of the run: the clean model, and per attack its trigger record and model."""
+    attacks = [f"{CKPT_DIR}/attacks/{a}/{name}.pt" for a in attack_names() for name in ("trigger", "model")]
+    return [f"{CKPT_DIR}/clean.pt", *attacks]
+
+
+def dvc_pointers():
+    """The DVC pointers the workflow's target asks for (config key `dvc`): checkpoints/<run>.dvc, and
+    results/<run>.dvc plus report/<run>.dvc."""
+    pointers = []
+    if config["dvc"]["track_checkpoints"]:
+        pointers.append(f"checkpoints/{RUN}.dvc")
+    if config["dvc"]["track_results"]:
+        pointers += [f"results/{RUN}.dvc", f"report/{RUN}.dvc"]
+    return pointers
+
+
+def pointed_dirs(pointers):
+    """The directories DVC pointers <dir>.dvc track, as one shell argument list."""
+    return " ".join(os.path.splitext(pointer)[0] for pointer in pointers)
+
+
+# Shell command of the DVC rules: `dvc add` on {params.targets} (each pointer's directory), or a clear
+# message when there is no DVC repository (a download of the sources rather than a clone, or a copy).
+DVC_ADD = (
+    "if ! dvc root > /dev/null 2>&1; then"
+    " echo '{params.rule}: cannot track {params.targets} with DVC: no DVC repository here (clone the"
+    " repository, or run git init && dvc init), or set dvc.{params.rule}: false in the config' >&2; exit 1; fi;"
+    " dvc add --quiet {params.targets} > {log} 2>&1"
+)
 
 
 def train_resources(kind):
     res = config["resources"][kind]
     return {"gpu": 1, "mem_mb": res["mem_mb"], "runtime": res["runtime"]}
+
+
+def report_config():
+    """The config the report shows: all of it but the DVC switches, which do not change the report."""
+    return {key: value for key, value in config.items() if key != "dvc"}

@@ -9,7 +9,7 @@ rule pretrain_clean_clip:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
         p=lambda wildcards: as_json(pretrain_params()),
-        state=f"{CKPT_DIR}/state/clean.state",
+        state=lambda wildcards, output: state_path(output.model),
     conda:
         "../environment.yml"
     benchmark:

@@ -29,7 +29,7 @@ rule report:
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
         triggers=lambda wildcards, input: f"--triggers {' '.join(input.triggers)}" if input.triggers else "",
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
-        p=lambda wildcards: as_json({"run": RUN, "config": config, "style": config["report"]}),
+        p=lambda wildcards: as_json({"run": RUN, "config": report_config(), "style": config["report"]}),
     conda:
         "../environment.yml"
     log:

@@ -20,6 +20,10 @@ WORKFLOW_FILES = [
     "src",
     "report",
     "profiles",
+    ".gitignore",
+    ".dvcignore",
+    "checkpoints/.gitignore",
+    "results/.gitignore",
 ]
 
 
@@ -34,6 +38,7 @@ def copy_workflow(dest):
                 src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "synthetic", "smoke")
             )
         elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     return dest
 

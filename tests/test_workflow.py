@@ -25,6 +25,8 @@ def test_smoke_run_produces_metrics_summary_and_report(smoke_run):
         assert (smoke_run / f"report/smoke/figures/{stem}.pdf").stat().st_size > 0
     assert (smoke_run / "report/smoke/tables/clean_accuracy.tex").read_text().count(r"\toprule") == 1
     assert not list((smoke_run / "checkpoints/smoke").rglob("*.state")), "resume state left behind"
+    assert not list((smoke_run / "state/smoke").rglob("*.state")), "resume state left behind"
+    assert not (smoke_run / "checkpoints/smoke/state").exists(), "resume state in the DVC-tracked checkpoints"
 
 
 def test_finished_run_plans_nothing(smoke_run):
