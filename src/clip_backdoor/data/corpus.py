@@ -124,25 +124,19 @@ def attack_pool(data_dir, image_size):
 def cc3m_pairs(data_dir, split="train"):
     """(image references, captions) of a prepared CC3M split: file paths (csv) or tar references (shards)."""
     manifest = json.loads((Path(data_dir) / "world.json").read_text())
-    if manifest["source"] == "csv":
-        from clip_backdoor.data.paper import load_pairs
+    from clip_backdoor.data.paper import load_pairs, shard_ranges
 
+    if manifest["source"] == "csv":
         return load_pairs(data_dir, split=split)
     start, stop = manifest["splits"][split]
-    images, captions, offset = [], [], 0
-    for shard in manifest["shards"]:
-        count = shard["n_pairs"]
-        if offset + count > start and offset < stop:
-            lo, hi = max(start - offset, 0), min(stop - offset, count)
-            for j, (ref, caption) in enumerate(shard_refs(shard["path"])):
-                if j >= hi:
-                    break
-                if j >= lo:
-                    images.append(ref)
-                    captions.append(caption)
-        offset += count
-        if offset >= stop:
-            break
+    images, captions = [], []
+    for path, lo, hi in shard_ranges(manifest["shards"], start, stop):
+        for j, (ref, caption) in enumerate(shard_refs(path)):
+            if j >= hi:
+                break
+            if j >= lo:
+                images.append(ref)
+                captions.append(caption)
     return images, captions
 
 

@@ -472,19 +472,25 @@ def load_pairs(source, limit=None, split="train"):
     return _shard_slice(manifest["shards"], start, stop)
 
 
-def _shard_slice(shards, start, stop):
-    """Pairs [start, stop) across shards (counts from the manifest), read with webdataset if installed."""
-    images, captions, offset = [], [], 0
+def shard_ranges(shards, start, stop):
+    """(shard path, lo, hi) for each shard that overlaps pairs [start, stop) of the corpus."""
+    offset = 0
     for shard in shards:
         count = shard["n_pairs"]
         if offset + count > start and offset < stop:
-            lo, hi = max(start - offset, 0), min(stop - offset, count)
-            for image, caption in _read_shard(shard["path"], lo, hi):
-                images.append(image)
-                captions.append(caption)
+            yield shard["path"], max(start - offset, 0), min(stop - offset, count)
         offset += count
         if offset >= stop:
             break
+
+
+def _shard_slice(shards, start, stop):
+    """Pairs [start, stop) across shards (counts from the manifest), read with webdataset if installed."""
+    images, captions = [], []
+    for path, lo, hi in shard_ranges(shards, start, stop):
+        for image, caption in _read_shard(path, lo, hi):
+            images.append(image)
+            captions.append(caption)
     return images, captions
 
 
