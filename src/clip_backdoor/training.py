@@ -179,9 +179,9 @@ def array_batches(images, tokens, model, hp, step, batch, steps_per_epoch, total
     """(images, tokens) of steps step..total-1 from in-memory arrays."""
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
-        idx = epoch_batches(len(images), batch, hp["seed"], epoch, steps_per_epoch)[offset]
-        yield to_float_images(images[idx.numpy()], device), tokens[idx].to(device)
-        step += 1
+        for idx in epoch_batches(len(images), batch, hp["seed"], epoch, steps_per_epoch)[offset:]:
+            yield to_float_images(images[idx.numpy()], device), tokens[idx].to(device)
+            step += 1
 
 
 def dataset_batches(dataset, tokens, model, hp, step, batch, steps_per_epoch, total, device, num_workers):

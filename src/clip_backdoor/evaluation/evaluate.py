@@ -1,6 +1,8 @@
 """evaluate stage: zero-shot CA, and ASR / PA under a trigger, for one model on one dataset."""
 
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -34,8 +36,6 @@ def predict_dataset(model, dataset, head, device, batch_size, trigger=None, seed
 
 
 def run(params, model, data, out, train_log=None, trigger=None):
-    import json
-
     started = time.time()
     seed_everything(params["seed"])
     device = torch_device()
@@ -75,7 +75,7 @@ def run(params, model, data, out, train_log=None, trigger=None):
             pa=poisoned_accuracy(pred_bd, labels_bd, target),
             n_poisoned=int((labels_bd != target).sum()),
         )
-    producer = json.loads(open(train_log).read()) if train_log else {}
+    producer = json.loads(Path(train_log).read_text()) if train_log else {}
     result["train_seconds"] = producer.get("seconds")
     result["train_peak_mem_mb"] = producer.get("peak_mem_mb")
     result["eval_seconds"] = round(time.time() - started, 2)
