@@ -18,15 +18,28 @@ def main(run="synthetic"):
     for path in sorted(root.rglob("*.tsv")):
         bench = pd.read_csv(path, sep="\t")
         job = path.relative_to(root).with_suffix("").as_posix()
-        rows.append({"job": job, "stage": job.split("/")[0], "seconds": bench["s"].iloc[0],
-                     "max_rss_mb": bench["max_rss"].iloc[0]})
+        rows.append(
+            {
+                "job": job,
+                "stage": job.split("/")[0],
+                "seconds": bench["s"].iloc[0],
+                "max_rss_mb": bench["max_rss"].iloc[0],
+            }
+        )
     frame = pd.DataFrame(rows)
-    by_stage = frame.groupby("stage").agg(jobs=("job", "count"), seconds=("seconds", "sum"),
-                                          max_rss_mb=("max_rss_mb", "max")).reset_index()
+    by_stage = (
+        frame.groupby("stage")
+        .agg(jobs=("job", "count"), seconds=("seconds", "sum"), max_rss_mb=("max_rss_mb", "max"))
+        .reset_index()
+    )
     total = frame["seconds"].sum()
-    text = (f"# Stage times, run `{run}`\n\nSum of job wall times: {total / 60:.1f} min\n\n"
-            + to_markdown(by_stage.round(1)) + "\n\n## Jobs\n\n"
-            + to_markdown(frame.round(1)) + "\n")
+    text = (
+        f"# Stage times, run `{run}`\n\nSum of job wall times: {total / 60:.1f} min\n\n"
+        + to_markdown(by_stage.round(1))
+        + "\n\n## Jobs\n\n"
+        + to_markdown(frame.round(1))
+        + "\n"
+    )
     out = Path("benchmarks") / f"stage_times_{run}.md"
     out.write_text(text)
     print(text)

@@ -12,6 +12,15 @@ os.environ.update(
     PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
 )
 PYTHON = "python -m clip_backdoor"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_\-]+",
+    attack=r"[A-Za-z0-9_\-]+",
+    defense=r"[A-Za-z0-9_\-]+",
+    seed=r"\d+",
+
+
 DATA_DIR = f"data/{RUN}"
 CKPT_DIR = f"checkpoints/{RUN}"
 RESULTS = f"results/{RUN}"
@@ -27,7 +36,7 @@ STAGE_SOURCES = {
                  + config["model"]["arch"].get("config", "tiny-convvit") + ".json", "data/embedded.py"],
     "evaluate": ["evaluation/evaluate.py", "evaluation/metrics.py", "models/factory.py", "models/zeroshot.py",
                  "data/downstream.py", "data/embedded.py", "data/paper.py", "attacks/record.py",
-                 "attacks/__init__.py", "attacks/patching.py"],
+                 "attacks/__init__.py", "attacks/patching.py", "defenses/__init__.py", "defenses/interface.py"],
     "make_trigger": ["attacks/__init__.py", "attacks/artefact.py", "attacks/record.py", "attacks/patch_opt.py",
                      "attacks/patching.py", "models/factory.py", "models/zeroshot.py", "data/embedded.py", "data/corpus.py",
                      "data/paper.py", "training.py"],
@@ -36,6 +45,9 @@ STAGE_SOURCES = {
     "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py",
                         "data/corpus.py"],
     "asr_gate": ["attacks/gate.py"],
+    # plus the defense's module and what it imports (defense_sources)
+    "defend": ["defenses/defend.py", "defenses/__init__.py", "defenses/interface.py", "models/factory.py",
+               "models/zeroshot.py", "data/downstream.py", "data/embedded.py", "data/paper.py"],
     "summarize": ["report/summarize.py"],
     "report": ["report/build.py", "report/figures.py", "report/tables.py"],
 }
@@ -78,8 +90,11 @@ def pretrain_params():
 
 def evaluate_params(dataset, seed, attack, defense):
     ev = config["evaluation"]
-    return {"seed": int(seed), "dataset": dataset_config(dataset), "templates": ev["templates"],
-            "batch_size": ev["batch_size"], "attack": attack, "defense": defense}
+    params = {"seed": int(seed), "dataset": dataset_config(dataset), "templates": ev["templates"],
+              "batch_size": ev["batch_size"], "attack": attack, "defense": defense}
+    if defense != "none":
+        params["defense_module"] = defense_module(defense)
+    return params
 
 
 def attack_names():
@@ -128,11 +143,20 @@ def evaluate_inputs(wildcards):
         inputs.update(model=f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt",
                       train_log=f"{RESULTS}/train_logs/attack_{wildcards.attack}.json",
                       trigger=f"{CKPT_DIR}/attacks/{wildcards.attack}/trigger.pt")
+    if wildcards.defense != "none":
+        args = (wildcards.dataset, wildcards.attack, wildcards.defense, wildcards.seed)
+        inputs.update(defense=defense_state(*args), train_log=defense_log(*args))
     return inputs
 
 
+def evaluate_sources(wildcards):
+    if wildcards.defense == "none":
+        return sources("evaluate", wildcards.attack)
+    return sorted(set(sources("evaluate", wildcards.attack)) | set(defense_sources("evaluate", wildcards.defense)))
+
+
 def metric_files():
-    combos = [("clean", "none")] + [(a, "none") for a in attack_names()]
+    combos = [("clean", "none")] + [(a, d) for a in attack_names() for d in ["none", *defense_names()]]
     return [f"{RESULTS}/metrics/{d}/{a}/{df}/seed{s}.json"
             for d in dataset_names() for a, df in combos for s in config["seeds"]]
 
@@ -196,3 +220,121 @@ def train_resources(kind):
 def report_config():
     """The config the report shows: all of it but the DVC switches, which do not change the report."""
     return {key: value for key, value in config.items() if key != "dvc"}
+
+
+# ---- defenses ---------------------------------------------------------------------------------------
+# A defense is a module with literal PARAMS (and optional INPUTS); both are read here with `ast`, without
+# importing the module (which would import torch into every Snakemake start).
+DEFENSE_INPUTS = {
+    "clean_model": f"{CKPT_DIR}/clean.pt",
+    "segmenter": f"{CKPT_DIR}/oracle/segmenter.pt",
+    "corpus": f"{RESULTS}/poisoned/{{attack}}/captions.json",
+}
+
+
+def defense_names():
+    return list(config["defenses"]["enabled"])
+
+
+def defense_config(defense):
+    return config["defenses"]["methods"].get(defense, {})
+
+
+def defense_module(defense):
+    return defense_config(defense).get("module") or f"clip_backdoor.defenses.{defense}"
+
+
+def module_file(dotted):
+    """The source file of a module: under this workflow's src/ for clip_backdoor.*, else found on sys.path."""
+    if dotted.split(".")[0] == "clip_backdoor":
+        base = SRC.joinpath(*dotted.split(".")[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec(dotted)
+    return Path(os.path.relpath(spec.origin)) if spec and spec.origin else None
+
+
+def module_literals(defense):
+    """(PARAMS, INPUTS) of a defense module, read from its source."""
+    import ast
+
+    path = module_file(defense_module(defense))
+    if path is None:
+        raise WorkflowError(f"defenses.methods.{defense}: no module {defense_module(defense)!r} (give `module:`)")
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("PARAMS", "INPUTS"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    if "PARAMS" not in found:
+        raise WorkflowError(f"defense {defense!r}: {path} defines no literal PARAMS dict")
+    return found["PARAMS"], tuple(found.get("INPUTS", ()))
+
+
+def imported_files(path, seen=None):
+    """`path` and every clip_backdoor source file it imports, transitively (by reading the imports)."""
+    import ast
+
+    seen = set() if seen is None else seen
+    if path is None or path in seen:
+        return seen
+    seen.add(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            if name.split(".")[0] == "clip_backdoor":
+                imported_files(module_file(name), seen)
+    return seen
+
+
+def defense_sources(stage, defense):
+    """The stage's own sources plus the defense module and what it imports from the package."""
+    files = {Path(p) for p in sources(stage)} | imported_files(module_file(defense_module(defense)))
+    return sorted(str(p) for p in files)
+
+
+def defense_params(defense, attack):
+    """The defense's hyperparameters for one attack: its PARAMS defaults, `params`, then `per_attack`."""
+    defaults, _ = module_literals(defense)
+    block = defense_config(defense)
+    given = {**block.get("params", {}), **block.get("per_attack", {}).get(attack, {})}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults))
+        raise WorkflowError(f"defenses.methods.{defense}.params: unknown key {unknown[0]!r} (known: {known})")
+    return {**defaults, **given}
+
+
+def defend_params(dataset, defense, attack, seed):
+    """A defense is fitted per downstream dataset (its shots and class names)."""
+    dataset = dataset_config(dataset)
+    return {"defense": defense, "module": defense_module(defense), "params": defense_params(defense, attack),
+            "seed": int(seed), "shots": config["defenses"]["shots"], "dataset": dataset,
+            "templates": config["evaluation"]["templates"], "attack": attack}
+
+
+def defend_inputs(wildcards):
+    _, extra = module_literals(wildcards.defense)
+    unknown = sorted(set(extra) - set(DEFENSE_INPUTS))
+    if unknown:
+        raise WorkflowError(f"defense {wildcards.defense!r}: unknown INPUTS {unknown} (known: {sorted(DEFENSE_INPUTS)})")
+    inputs = {"model": f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt", "data": f"{DATA_DIR}/world.json",
+              "src": defense_sources("defend", wildcards.defense)}
+    inputs.update({key: DEFENSE_INPUTS[key].format(attack=wildcards.attack) for key in extra})
+    return inputs
+
+
+def defense_state(dataset, attack, defense, seed):
+    return f"{CKPT_DIR}/defenses/{dataset}/{attack}/{defense}/seed{seed}.pt"
+
+
+def defense_log(dataset, attack, defense, seed):
+    return f"{RESULTS}/train_logs/defenses/{dataset}/{attack}/{defense}/seed{seed}.json"

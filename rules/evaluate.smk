@@ -3,11 +3,12 @@ rule evaluate:
         f"{RESULTS}/metrics/{{dataset}}/{{attack}}/{{defense}}/seed{{seed}}.json",
     input:
         unpack(evaluate_inputs),
-        src=lambda wildcards: sources("evaluate", wildcards.attack),
+        src=evaluate_sources,
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data),
         trigger=lambda wildcards, input: f"--trigger {input.trigger}" if "trigger" in input.keys() else "",
+        defense=lambda wildcards, input: f"--defense {input.defense}" if "defense" in input.keys() else "",
         p=lambda wildcards: as_json(
             evaluate_params(wildcards.dataset, wildcards.seed, wildcards.attack, wildcards.defense)
         ),
@@ -22,4 +23,5 @@ rule evaluate:
         **train_resources("evaluate"),
     shell:
         "{params.py} evaluate --threads {threads} --params {params.p} --model {input.model}"
-        " --data {params.data} --train-log {input.train_log} {params.trigger} --out {output} 2> {log}"
+        " --data {params.data} --train-log {input.train_log} {params.trigger} {params.defense}"
+        " --out {output} 2> {log}"

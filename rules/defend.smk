@@ -1,0 +1,26 @@
+rule defend:
+    output:
+        state=defense_state("{dataset}", "{attack}", "{defense}", "{seed}"),
+        log=defense_log("{dataset}", "{attack}", "{defense}", "{seed}"),
+    input:
+        unpack(defend_inputs),
+    params:
+        py=PYTHON,
+        data=lambda wildcards, input: os.path.dirname(input.data),
+        extra=lambda wildcards, input: " ".join(
+            f"--{key.replace('_', '-')} {input[key]}" for key in DEFENSE_INPUTS if key in input.keys()
+        ),
+        state=lambda wildcards, output: state_path(output.state),
+        p=lambda wildcards: as_json(defend_params(wildcards.dataset, wildcards.defense, wildcards.attack, wildcards.seed)),
+    conda:
+        "../environment.yml"
+    benchmark:
+        f"{RESULTS}/benchmarks/defend/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.tsv"
+    log:
+        f"logs/{RUN}/defend/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.log",
+    threads: config["threads"]
+    resources:
+        **train_resources("defend"),
+    shell:
+        "{params.py} defend --threads {threads} --params {params.p} --model {input.model} --data {params.data}"
+        " {params.extra} --out {output.state} --log {output.log} --state {params.state} 2> {log}"

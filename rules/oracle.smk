@@ -1,0 +1,1 @@
+# Oracle rules (segmenter for oracle-based rectification).
