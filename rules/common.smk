@@ -338,3 +338,39 @@ def defense_state(dataset, attack, defense, seed):
 
 def defense_log(dataset, attack, defense, seed):
     return f"{RESULTS}/train_logs/defenses/{dataset}/{attack}/{defense}/seed{seed}.json"
+
+
+# ---- report ------------------------------------------------------------------------------------------
+def report_sources():
+    """The report stage's modules, its published numbers and the figure captions."""
+    extra = ["report/artefacts.py", "report/notes.py", "report/published.yaml"]
+    return sources("report") + [str(SRC / path) for path in extra] + ["report/templates/captions.yaml"]
+
+
+def report_defense_runs():
+    """(dataset, attack, defense, seed) of every defended evaluation the summary holds."""
+    runs = []
+    for path in metric_files():
+        dataset, attack, defense, seed = Path(path).parts[-4:]
+        if defense != "none":
+            runs.append((dataset, attack, defense, int(Path(seed).stem.removeprefix("seed"))))
+    return runs
+
+
+def report_train_logs():
+    """Training logs the report plots: pretraining, each attack's fine-tuning, every defense fit."""
+    attacks = [f"{RESULTS}/train_logs/attack_{a}.json" for a in attack_names()]
+    return [f"{RESULTS}/train_logs/clean.json", *attacks, *[defense_log(*run) for run in report_defense_runs()]]
+
+
+def report_states():
+    """Defense states whose figures the report draws (`report.state_figures`): first dataset and seed."""
+    first = (dataset_names()[0], int(config["seeds"][0]))
+    wanted = set(config["report"].get("state_figures", []))
+    return [defense_state(d, a, df, s) for d, a, df, s in report_defense_runs() if df in wanted and (d, s) == first]
+
+
+def report_models():
+    """Poisoned models the CBPT figure measures the inverted trigger on (only when a state figure needs one)."""
+    attacks = sorted({Path(p).parts[-3] for p in report_states()})
+    return [f"{CKPT_DIR}/attacks/{a}/model.pt" for a in attacks]

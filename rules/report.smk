@@ -15,19 +15,29 @@ rule summarize:
         "{params.py} summarize --metrics {input.metrics} --out {output} 2> {log}"
 
 
+def cli_list(flag, paths):
+    return f"--{flag} {' '.join(paths)}" if paths else ""
+
+
 rule report:
     output:
         html=f"{REPORT_DIR}/index.html",
     input:
         summary=rules.summarize.output,
-        train_logs=[rules.pretrain_clean_clip.output.log],
+        train_logs=report_train_logs(),
         triggers=expand(rules.make_trigger.output, attack=attack_names()),
+        states=report_states(),
+        models=report_models(),
+        poison_index=expand(f"{RESULTS}/poisoned/{{attack}}/poison_index.json", attack=attack_names()),
         data=rules.prepare_data.output,
-        src=sources("report"),
+        captions="report/templates/captions.yaml",
+        src=report_sources(),
     params:
         py=PYTHON,
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
-        triggers=lambda wildcards, input: f"--triggers {' '.join(input.triggers)}" if input.triggers else "",
+        files=lambda wildcards, input: " ".join(
+            cli_list(key.replace("_", "-"), input[key]) for key in ("triggers", "states", "models", "poison_index")
+        ),
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
         p=lambda wildcards: as_json({"run": RUN, "config": report_config(), "style": config["report"]}),
     conda:
@@ -36,5 +46,5 @@ rule report:
         f"logs/{RUN}/report.log",
     localrule: True
     shell:
-        "{params.py} report --params {params.p} --summary {input.summary}"
-        " --train-logs {input.train_logs} {params.triggers} --data {params.data} --out-dir {params.out_dir} 2> {log}"
+        "{params.py} report --params {params.p} --summary {input.summary} --train-logs {input.train_logs}"
+        " {params.files} --data {params.data} --captions {input.captions} --out-dir {params.out_dir} 2> {log}"

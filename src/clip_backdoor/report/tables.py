@@ -1,10 +1,48 @@
-"""Tables as LaTeX (booktabs), Markdown and CSV."""
+"""Tables as LaTeX (booktabs, plus a standalone document), Markdown and CSV.
+
+A table is a frame of display strings; an optional boolean frame of the same shape marks the bold cells.
+"""
+
+import re
+
+import pandas as pd
 
 from clip_backdoor.runtime.io import write_text
 
+DEFENSE_NAMES = {
+    "none": "No defense",
+    "rvpt": "RVPT",
+    "vpt": "VPT",
+    "cbpt": "CBPT",
+    "oracle": "Oracle (EftCLIP)",
+    "cleanclip": "CleanCLIP",
+    "finetune": "Fine-tuning",
+    "linear_probe": "Linear probe",
+}
+ATTACK_NAMES = {
+    "badnet": "BadNet",
+    "blended": "Blended",
+    "sig": "SIG",
+    "wanet": "WaNet",
+    "issba": "ISSBA",
+    "trojvqa": "TrojVQA",
+    "badclip": "BadCLIP",
+    "badnet_lc": "BadNet-LC",
+}
+NOT_RUN = "not run"
+NOT_APPLICABLE = "n/a"
+
+
+def defense_label(name):
+    return DEFENSE_NAMES.get(name, name)
+
+
+def attack_label(name):
+    return ATTACK_NAMES.get(name, name)
+
 
 def mean_std(values, scale=100.0):
-    values = values.dropna() * scale
+    values = pd.to_numeric(values, errors="coerce").dropna() * scale
     if len(values) == 0:
         return "–"
     if len(values) == 1:
@@ -12,12 +50,80 @@ def mean_std(values, scale=100.0):
     return f"{values.mean():.1f} ± {values.std():.1f}"
 
 
+def seed_count(counts):
+    """'3', or '1–3' when cells of a row rest on different numbers of seeds."""
+    counts = sorted({int(c) for c in counts if c})
+    if not counts:
+        return "0"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def metric_cell(rows, primary, secondary=None):
+    """'ASR (CA)' of one defense × attack: mean ± std over seeds; 'n/a' when the metric does not apply."""
+    if rows.empty:
+        return NOT_RUN
+    if rows[primary].isna().all():
+        return NOT_APPLICABLE
+    text = mean_std(rows[primary])
+    return f"{text} ({mean_std(rows[secondary])})" if secondary else text
+
+
+def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca", lower_is_better=True):
+    """Rows defenses (none first), columns attacks, plus Avg and n; returns (cells, bold)."""
+    frame = summary[summary["dataset"] == dataset]
+    cells, bold, means = {}, {}, {}
+    for attack in attacks:
+        column, scores = [], []
+        for defense in ["none", *defenses]:
+            rows = frame[(frame["attack"] == attack) & (frame["defense"] == defense)]
+            column.append(metric_cell(rows, primary, secondary))
+            value = pd.to_numeric(rows[primary], errors="coerce").mean() if not rows.empty else float("nan")
+            scores.append(value)
+        best = pd.Series(scores).min() if lower_is_better else pd.Series(scores).max()
+        cells[attack_label(attack)] = column
+        # a lone number (no defense run yet) is nobody's best
+        contested = pd.Series(scores).notna().sum() > 1
+        bold[attack_label(attack)] = [contested and pd.notna(s) and s == best for s in scores]
+        means[attack] = scores
+    rows = ["none", *defenses]
+    table = pd.DataFrame(cells)
+    averages = pd.DataFrame(means).mean(axis=1, skipna=False)
+    table["Avg"] = [NOT_RUN if pd.isna(v) else f"{100 * v:.1f}" for v in averages]
+    table.insert(0, "Defense", [defense_label(d) for d in rows])
+    table["n"] = [
+        seed_count(
+            frame[frame["defense"] == d].groupby("attack")["seed"].nunique().reindex(attacks).fillna(0)
+        )
+        for d in rows
+    ]
+    mask = pd.DataFrame(bold)
+    mask.insert(0, "Defense", False)
+    mask["Avg"], mask["n"] = False, False
+    return table, mask
+
+
+def numeric_main(summary, attacks, defenses):
+    """The main table in machine-readable form: mean, std and n of CA, ASR and PA per cell."""
+    frame = summary[summary["attack"].isin(attacks) & summary["defense"].isin(["none", *defenses])]
+    stats = frame.groupby(["dataset", "defense", "attack"], sort=False)[["ca", "asr", "pa"]].agg(
+        ["mean", "std", "count"]
+    )
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    return stats.reset_index()
+
+
 def latex_escape(text):
-    return str(text).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")
+    text = re.sub(r"([&%_#$])", r"\\\1", str(text))
+    return text.replace("±", r"$\pm$").replace("–", "--").replace("—", "---")
 
 
-def to_latex(frame, caption):
-    cols = "l" * len(frame.columns)
+def latex_cell(value, bold):
+    text = latex_escape(value)
+    return rf"\textbf{{{text}}}" if bold else text
+
+
+def to_latex(frame, caption, bold=None):
+    cols = "l" + "r" * (len(frame.columns) - 1)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -27,31 +133,66 @@ def to_latex(frame, caption):
         " & ".join(latex_escape(c) for c in frame.columns) + r" \\",
         r"\midrule",
     ]
-    for _, row in frame.iterrows():
-        lines.append(" & ".join(latex_escape(v) for v in row) + r" \\")
+    for i in range(len(frame)):
+        marks = bold.iloc[i] if bold is not None else [False] * len(frame.columns)
+        lines.append(" & ".join(latex_cell(v, b) for v, b in zip(frame.iloc[i], marks, strict=True)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(frame):
+def standalone_latex(fragment):
+    """A document that compiles on its own with pdflatex (landscape, for the wide main tables)."""
+    return (
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n"
+        "\\usepackage[landscape,margin=1cm]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
+        + fragment
+        + "\\end{document}\n"
+    )
+
+
+def to_markdown(frame, bold=None):
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(map(str, row)) + " |" for _, row in frame.iterrows()]
+    rows = []
+    for i in range(len(frame)):
+        marks = bold.iloc[i] if bold is not None else [False] * len(frame.columns)
+        rows.append(
+            "| "
+            + " | ".join(f"**{v}**" if b else str(v) for v, b in zip(frame.iloc[i], marks, strict=True))
+            + " |"
+        )
     return "\n".join([header, rule, *rows]) + "\n"
 
 
-def write_table(frame, out_dir, stem, caption):
+def to_html(frame, bold=None, table_id=None):
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i in range(len(frame)):
+        marks = bold.iloc[i] if bold is not None else [False] * len(frame.columns)
+        cells = (
+            f"<td><b>{html.escape(str(v))}</b></td>" if b else f"<td>{html.escape(str(v))}</td>"
+            for v, b in zip(frame.iloc[i], marks, strict=True)
+        )
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def write_table(frame, out_dir, stem, caption, bold=None, csv=None):
+    """stem.tex (table float to \\input), stem_standalone.tex, stem.md and stem.csv (`csv` if given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / f"{stem}.tex", to_latex(frame, caption))
-    write_text(out_dir / f"{stem}.md", to_markdown(frame))
-    write_text(out_dir / f"{stem}.csv", frame.to_csv(index=False))
+    fragment = to_latex(frame, caption, bold)
+    write_text(out_dir / f"{stem}.tex", fragment)
+    write_text(out_dir / f"{stem}_standalone.tex", standalone_latex(fragment))
+    write_text(out_dir / f"{stem}.md", to_markdown(frame, bold))
+    write_text(out_dir / f"{stem}.csv", (frame if csv is None else csv).to_csv(index=False))
 
 
 def clean_table(summary):
     clean = summary[summary["attack"] == "clean"]
     grouped = clean.groupby("dataset")
-    import pandas as pd
-
     return pd.DataFrame(
         {
             "dataset": list(grouped.groups),
@@ -64,8 +205,6 @@ def clean_table(summary):
 
 def attack_table(summary):
     """No-defense rows: CA / ASR / PA per attack (mean ± std over seeds), the clean model first."""
-    import pandas as pd
-
     rows = []
     for (dataset, attack), g in summary[summary["defense"] == "none"].groupby(
         ["dataset", "attack"], sort=False
@@ -83,3 +222,32 @@ def attack_table(summary):
     frame = pd.DataFrame(rows)
     order = {"clean": 0}
     return frame.sort_values("attack", key=lambda s: s.map(lambda a: order.get(a, 1))).reset_index(drop=True)
+
+
+def cost_table(summary, defenses):
+    """Per defense, over attacks and seeds: trainable parameter %, fit wall time, peak memory."""
+    rows = []
+    for defense in defenses:
+        g = summary[(summary["defense"] == defense) & (summary["attack"] != "clean")]
+        if g.empty:
+            rows.append(
+                {
+                    "Defense": defense_label(defense),
+                    "trainable (%)": NOT_RUN,
+                    "time (s)": NOT_RUN,
+                    "peak memory (MB)": NOT_RUN,
+                    "n": 0,
+                }
+            )
+            continue
+        fraction = pd.to_numeric(g.get("trainable_fraction", pd.Series(dtype=float)), errors="coerce") * 100
+        rows.append(
+            {
+                "Defense": defense_label(defense),
+                "trainable (%)": "–" if fraction.isna().all() else f"{fraction.mean():.3g}",
+                "time (s)": mean_std(g["train_seconds"], scale=1.0),
+                "peak memory (MB)": mean_std(g["train_peak_mem_mb"], scale=1.0),
+                "n": len(g),
+            }
+        )
+    return pd.DataFrame(rows, columns=["Defense", "trainable (%)", "time (s)", "peak memory (MB)", "n"])
