@@ -96,6 +96,7 @@ def training_curves(groups, out_dir):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(len(c) for c in series.values()) + 0.5)
         ax.set_ylabel("training loss")
         ax.legend(frameon=False, fontsize=6)
     for ax in list(axes.flat)[len(groups) :]:

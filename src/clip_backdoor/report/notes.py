@@ -4,6 +4,7 @@ Every value shown comes from the run's config or from the defenses' logs (the pa
 """
 
 import html
+import inspect
 from pathlib import Path
 
 import pandas as pd
@@ -113,7 +114,21 @@ def reconstructions_html(config, logs, defenses):
                 f"<p>Per-attack overrides (config): <code>{html.escape(str(block['per_attack']))}</code></p>"
             )
         parts.append(params_html(run_params(logs, defense)))
+        doc = module_doc(block.get("module") or f"clip_backdoor.defenses.{defense}")
+        if doc:
+            summary = "<summary>Implementation notes (module docstring)</summary>"
+            parts.append(f"<details>{summary}<pre>{doc}</pre></details>")
     return "\n".join(parts)
+
+
+def module_doc(module):
+    """A defense module's own account of what it implements (escaped), or '' when it cannot be imported."""
+    import importlib
+
+    try:
+        return html.escape(inspect.cleandoc(importlib.import_module(module).__doc__ or ""))
+    except ImportError:
+        return ""
 
 
 def published_tables(summary, config, defenses):
