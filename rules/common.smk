@@ -45,6 +45,8 @@ STAGE_SOURCES = {
     "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py",
                         "data/corpus.py"],
     "asr_gate": ["attacks/gate.py"],
+    "train_oracle": ["oracle/train.py", "oracle/__init__.py", "oracle/segmenter.py", "oracle/fastsam.py",
+                     "data/embedded.py", "data/world.py"],
     # plus the defense's module and what it imports (defense_sources)
     "defend": ["defenses/defend.py", "defenses/__init__.py", "defenses/interface.py", "models/factory.py",
                "models/zeroshot.py", "data/downstream.py", "data/embedded.py", "data/paper.py"],

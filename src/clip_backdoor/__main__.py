@@ -17,12 +17,13 @@ STAGES = {
     "poison_data": "clip_backdoor.attacks.poison",
     "poison_finetune": "clip_backdoor.attacks.finetune",
     "asr_gate": "clip_backdoor.attacks.gate",
+    "train_oracle": "clip_backdoor.oracle.train",
     "defend": "clip_backdoor.defenses.defend",
     "evaluate": "clip_backdoor.evaluation.evaluate",
     "summarize": "clip_backdoor.report.summarize",
     "report": "clip_backdoor.report.build",
 }
-USES_GPU = {"pretrain", "evaluate", "make_trigger", "poison_finetune", "defend"}
+USES_GPU = {"pretrain", "evaluate", "make_trigger", "poison_finetune", "defend", "train_oracle"}
 
 
 def parse_paths(tokens):

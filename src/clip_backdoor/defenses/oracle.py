@@ -1,0 +1,467 @@
+"""Oracle-based rectification (EftCLIP): find the trigger with a segmentation oracle, then fine-tune.
+
+The paper's thresholds and objective are not public; this is the design's interpretation (DESIGN §5,
+references/attacks_and_oracle.md A.5), every threshold a PARAMS key:
+
+Algorithm 1 (`find_triggers`), per probe image drawn from the defender's poisoned corpus:
+  L  the poisoned CLIP's asserted labels: its top `top_k` labels with probability ≥ `assert_prob`, read
+     with the evaluation templates or (label_prompts: corpus) with the corpus's own captions naming each
+     label (best match), which also reaches a backdoor keyed to caption words (TrojVQA's "remember");
+  S  the labels the oracle grounds: the clean matcher's top-1 label on each segment crop (the mask's box
+     in place, FastSAM's crop) with probability ≥ `ground_prob`, for segments of area ≥ `ground_area`
+     (the matcher is unreliable on smaller crops);
+  P  candidate trigger labels: L \\ S; plus ℓ ∈ L for every compact segment (area ≤ `compact_area`) whose
+     removal (filled with the background colour) drops the poisoned CLIP's ℓ below `assert_prob`, unless
+     the clean matcher itself sees ℓ in that segment. That segment localises the trigger (the flagged
+     region). A global trigger (Blended, SIG, WaNet, ISSBA) has no such segment: every crop keeps the
+     trigger, so it is carried by L \\ S alone (the oracle grounds only the real objects), flagged -1.
+Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidates in ≥ `affected_freq`
+  of the probes and ≥ `affected_ratio` times the most frequent candidate; victims are probes whose
+  poisoned top-1 is an affected candidate. The compact set: victims (trigger in place) captioned with the
+  clean matcher's label of their largest reliable segment outside the affected labels, clean pairs of the
+  affected labels (probes where the oracle grounds the poisoned top-1: `clean_per_label`; and the shots),
+  plus `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example.
+Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all); with a
+  frozen text tower the caption features are computed once and identical captions are all positives.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from clip_backdoor.data.corpus import ArrayPool, is_paper_corpus, poisoned_dataset
+from clip_backdoor.defenses.interface import (
+    count_parameters,
+    load_model_state,
+    model_state,
+    zero_shot_classifier,
+)
+from clip_backdoor.models.factory import load_model
+from clip_backdoor.models.zeroshot import zeroshot_head
+from clip_backdoor.oracle import load_segmenter
+from clip_backdoor.training import train_contrastive
+
+PARAMS = {
+    "probes": 800,
+    "label_prompts": "corpus",
+    "label_captions": 16,
+    "top_k": 3,
+    "assert_prob": 0.3,
+    "ground_prob": 0.3,
+    "ground_area": 0.04,
+    "compact_area": 0.08,
+    "crop_fill": 0.0,
+    "affected_freq": 0.03,
+    "affected_ratio": 0.5,
+    "clean_per_label": 32,
+    "anchor_pairs": 64,
+    "transplants": 4,
+    "transplant_grow": 2,
+    "shot_pairs": "all",
+    "caption_templates": [
+        "a photo of a {}.",
+        "a drawing of a {}.",
+        "an image of a {}.",
+        "a picture of a {}.",
+    ],
+    "trainable": "visual",
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 0.0004,
+    "weight_decay": 0.05,
+    "warmup_steps": 5,
+    "batch": 500,
+    "examples": 4,
+}
+INPUTS = ("clean_model", "segmenter", "corpus")
+
+
+def crops(image, masks, fill):
+    """Per mask, the image inside the mask's bounding box on a canvas of `fill` (FastSAM's crop, in place)."""
+    out = torch.full((len(masks), *image.shape), float(fill), device=image.device)
+    for j, mask in enumerate(masks):
+        ys, xs = mask.nonzero(as_tuple=True)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        out[j, :, y0:y1, x0:x1] = image[:, y0:y1, x0:x1]
+    return out
+
+
+@torch.no_grad()
+def probabilities(model, head, images, batch):
+    out = [
+        (model.logit_scale * model.encode_image(images[i : i + batch].to(head.device)) @ head.t()).softmax(-1)
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, len(head))
+
+
+def find_triggers(poisoned_image, clean_segments, occluded, areas, params):
+    """Algorithm 1 on one image's probabilities over the vocabulary.
+
+    poisoned_image: [V] the poisoned CLIP's whole-image probabilities; clean_segments: [K,V] the clean
+    matcher's probabilities on each segment crop; occluded: [K,V] the poisoned CLIP's probabilities on the
+    image with that segment removed; areas: [K] fractions of the image.
+    Returns (asserted L, grounded S, candidates P, flagged segment index or -1).
+    """
+    top = poisoned_image.topk(min(params["top_k"], len(poisoned_image)))
+    asserted = {
+        i
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        if p >= params["assert_prob"]
+    }
+    conf, label = clean_segments.max(-1) if len(areas) else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    reliable = [bool(areas[j] >= params["ground_area"]) for j in range(len(areas))]
+    grounded = {int(label[j]) for j in range(len(areas)) if reliable[j] and conf[j] >= params["ground_prob"]}
+    candidates = asserted - grounded
+    flagged, best = -1, 0.0
+    for j in range(len(areas)):
+        if areas[j] > params["compact_area"]:
+            continue
+        for ell in asserted:
+            if reliable[j] and int(label[j]) == ell:
+                continue  # the clean matcher sees ℓ in this segment itself: a real object, not a trigger
+            drop = float(poisoned_image[ell] - occluded[j, ell])
+            if occluded[j, ell] < params["assert_prob"] and drop > best:
+                flagged, best = j, drop
+                candidates.add(ell)
+    return asserted, grounded, candidates, flagged
+
+
+def affected_labels(candidate_sets, n_labels, freq, ratio):
+    """Labels that are candidates in at least a fraction `freq` of the probes and at least `ratio` times
+    as often as the most frequent candidate, most frequent first."""
+    counts = np.zeros(n_labels, np.int64)
+    for cands in candidate_sets:
+        for c in cands:
+            counts[c] += 1
+    share = counts / max(len(candidate_sets), 1)
+    keep = (share >= freq) & (counts > 0) & (counts >= ratio * counts.max())
+    return [int(i) for i in np.argsort(-counts, kind="stable") if keep[i]], counts
+
+
+def grounded_label(clean_segments, areas, min_area, exclude, flagged):
+    """The clean matcher's label of the largest (first) non-flagged segment of area ≥ `min_area` whose
+    label is not in `exclude` (None if there is none)."""
+    for j in range(len(clean_segments)):
+        label = int(clean_segments[j].argmax())
+        if j != flagged and areas[j] >= min_area and label not in exclude:
+            return label
+    return None
+
+
+def compact_set(records, affected, params, gen):
+    """Algorithm 2: victims with corrected labels plus clean pairs. records: per probe a dict with index,
+    poisoned_top1, candidates, oracle_label (grounded, not affected), agreed (oracle and poisoned top-1
+    agree). Returns (victim probe indices, [(probe index, label)] of the compact set)."""
+    affected = set(affected)
+    victims = [r for r in records if r["poisoned_top1"] in affected and r["poisoned_top1"] in r["candidates"]]
+    pairs = [(r["index"], r["oracle_label"]) for r in victims if r["oracle_label"] is not None]
+    for label in sorted(affected):
+        agree = [r for r in records if r["agreed"] and r["poisoned_top1"] == label]
+        pairs += [(r["index"], label) for r in pick(agree, params["clean_per_label"], gen)]
+    others = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
+    pairs += [(r["index"], r["poisoned_top1"]) for r in pick(others, params["anchor_pairs"], gen)]
+    return [r["index"] for r in victims], pairs
+
+
+def transplant(images, records, victims, affected, poisoned_probs, params, gen):
+    """Synthetic victims: each localised trigger region (the flagged segment grown by `transplant_grow`
+    pixels) pasted onto `transplants` probes the oracle agrees on, of other labels; kept only if the
+    poisoned CLIP then predicts an affected label (the region carries the backdoor). Returns (images
+    [n,3,H,W], their agreed labels)."""
+    donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
+    out_x, out_y = [], []
+    for v in victims:
+        r = records[v]
+        if r["flagged"] < 0:
+            continue
+        region = r["masks"][r["flagged"]][None, None].float()
+        region = (
+            F.max_pool2d(region, 2 * params["transplant_grow"] + 1, 1, params["transplant_grow"])[0, 0] > 0
+        )
+        for donor in pick(donors, params["transplants"], gen):
+            x = images[donor["probe"]].clone()
+            x[:, region] = images[v][:, region]
+            out_x.append(x)
+            out_y.append(donor["poisoned_top1"])
+    if not out_x:
+        return images[:0], []
+    x = torch.stack(out_x)
+    keep = [k for k, p in enumerate(poisoned_probs(x)) if int(p.argmax()) in affected]
+    return x[keep], [out_y[k] for k in keep]
+
+
+def pick(items, n, gen):
+    order = torch.randperm(len(items), generator=gen)[:n].tolist()
+    return [items[i] for i in sorted(order)]
+
+
+def caption(label_name, k, templates):
+    return templates[k % len(templates)].format(label_name)
+
+
+def corrected_caption(original, wrong_names, right_name, k, templates):
+    """A victim's own caption with the affected label's name replaced by the oracle's (so words the
+    backdoor keys on stay in place), or a template caption if the caption names no affected label."""
+    article = "an " if right_name[0] in "aeiou" else "a "
+    for wrong in wrong_names:
+        pattern = re.compile(rf"\b(an?\s+)?{re.escape(wrong)}\b", re.IGNORECASE)
+        if pattern.search(original):
+            return pattern.sub(lambda m: (article if m.group(1) else "") + right_name, original)
+    return caption(right_name, k, templates)
+
+
+def load_corpus(captions_path, image_size):
+    """(corpus with `len` and `load(indices)` → uint8 [k,S,S,3], captions, vocabulary or None) of the
+    defender's poisoned corpus folder: the embedded arrays, or a paper corpus (pairs.csv)."""
+    folder = Path(captions_path).parent
+    captions = json.loads(Path(captions_path).read_text())
+    if is_paper_corpus(folder):
+        return poisoned_dataset(folder, image_size), captions, None
+    classes = folder / "classes.json"
+    vocab = json.loads(classes.read_text()) if classes.is_file() else None
+    return ArrayPool(np.load(folder / "images.npy", mmap_mode="r"), captions), captions, vocab
+
+
+def frozen_text_loss(cache):
+    """The CLIP loss with precomputed caption features; identical captions are all positives."""
+
+    def loss_fn(model, images, tokens):
+        keys = [tuple(t.tolist()) for t in tokens]
+        for key, t in zip(keys, tokens, strict=True):
+            if key not in cache:
+                with torch.no_grad():
+                    cache[key] = model.encode_text(t[None])[0]
+        text = torch.stack([cache[key] for key in keys])
+        logits = model.logit_scale * model.encode_image(images) @ text.t()
+        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32, device=logits.device)
+        target = same / same.sum(1, keepdim=True)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    return loss_fn
+
+
+def victim_precision_recall(victims, poison_index_path, probed=None):
+    """Precision and recall of the flagged victim corpus indices against the attack's poison index; recall
+    is over the poisoned images among `probed` (the corpus indices the defense looked at), if given."""
+    poisoned = set(json.loads(Path(poison_index_path).read_text())["indices"])
+    reachable = poisoned & set(probed) if probed is not None else poisoned
+    hits = len(set(victims) & poisoned)
+    return {
+        "precision": hits / len(set(victims)) if victims else None,
+        "recall": hits / len(reachable) if reachable else None,
+        "victims": len(set(victims)),
+        "poisoned_probed": len(reachable),
+    }
+
+
+def occlude(image, masks, indices):
+    """Copies of `image` with each mask in `indices` (grown by one pixel) filled with the mean colour of the
+    pixels outside every mask (the background)."""
+    covered = torch.stack(masks).any(0)
+    fill = image[:, ~covered].mean(1) if (~covered).any() else image.flatten(1).mean(1)
+    out = image[None].repeat(len(indices), 1, 1, 1)
+    for row, j in enumerate(indices):
+        grown = F.max_pool2d(masks[j][None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        out[row][:, grown] = fill[:, None]
+    return out
+
+
+def label_captions(captions, vocab, n, gen):
+    """Per label, up to `n` of the corpus captions that name it (a random sample, drawn with `gen`)."""
+    out = []
+    for name in vocab:
+        pattern = re.compile(rf"\b{re.escape(name.lower())}\b")
+        hits = [c for c in captions if pattern.search(c.lower())]
+        out.append(pick(hits, n, gen))
+    return out
+
+
+@torch.no_grad()
+def corpus_head(model, label_texts, vocab, templates, device):
+    """A zero-shot head [V,D] from the corpus's own captions: per label the normalised mean of the
+    features of its captions (of its templates when the corpus never names it)."""
+    rows = []
+    for name, texts in zip(vocab, label_texts, strict=True):
+        texts = texts or [t.format(name) for t in templates]
+        rows.append(F.normalize(model.encode_text(model.tokenize(texts).to(device)).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts):
+    """Algorithm 1 over the probe images (float [N,3,H,W] on the CPU), `batch` images at a time; per probe a
+    record (see `compact_set`). Segment masks are kept only for probes with candidates and the first
+    `examples` probes without (the report's examples), so that large probe sets fit in memory.
+    label_texts: per label the corpus captions the poisoned CLIP's labels are read with (or None: the
+    evaluation templates)."""
+    clean_head = zeroshot_head(clean, vocab, ctx.templates, device=ctx.device)
+    if label_texts is None:
+        head = zeroshot_head(ctx.model, vocab, ctx.templates, device=ctx.device)
+    else:
+        head = corpus_head(ctx.model, label_texts, vocab, ctx.templates, ctx.device)
+    records, kept_clean, batch = [], 0, params["batch"]
+    for first in tqdm(range(0, len(images), batch), desc="oracle probes", unit="batch", mininterval=5):
+        chunk = images[first : first + batch].to(ctx.device)
+        p_img = probabilities(ctx.model, head, chunk, batch).cpu()
+        masks = segmenter.segment(chunk)
+        areas = [torch.tensor([float(m.float().mean()) for m in ms]) for ms in masks]
+        compact = [(a <= params["compact_area"]).nonzero().flatten().tolist() for a in areas]
+        pieces = [crops(img, ms, params["crop_fill"]) for img, ms in zip(chunk, masks, strict=True) if ms]
+        c_seg = probabilities(clean, clean_head, torch.cat(pieces) if pieces else chunk[:0], batch).cpu()
+        pieces = [occlude(img, ms, js) for img, ms, js in zip(chunk, masks, compact, strict=True) if js]
+        p_occ = probabilities(ctx.model, head, torch.cat(pieces) if pieces else chunk[:0], batch).cpu()
+        start = start_occ = 0
+        for i, ms in enumerate(masks):
+            cs = c_seg[start : start + len(ms)]
+            occluded = p_img[i].repeat(len(ms), 1)
+            occluded[compact[i]] = p_occ[start_occ : start_occ + len(compact[i])]
+            start, start_occ = start + len(ms), start_occ + len(compact[i])
+            asserted, grounded, candidates, flagged = find_triggers(p_img[i], cs, occluded, areas[i], params)
+            top1 = int(p_img[i].argmax())
+            keep = bool(candidates) or kept_clean < params["examples"]
+            kept_clean += not candidates and keep
+            records.append(
+                {
+                    "probe": first + i,
+                    "poisoned_top1": top1,
+                    "asserted": asserted,
+                    "grounded": grounded,
+                    "candidates": candidates,
+                    "flagged": flagged,
+                    "masks": [m.cpu() for m in ms] if keep else [],
+                    "clean_segments": cs,
+                    "areas": areas[i],
+                    "agreed": top1 in grounded and top1 not in candidates,
+                }
+            )
+    return records, head
+
+
+def examples(records, images, vocab, victims, n):
+    """Localisation examples for the report: victims with a flagged segment first, then other victims,
+    then a probe without candidates."""
+    victims = set(victims)
+    order = sorted(victims, key=lambda i: records[i]["flagged"] < 0)[: max(n - 1, 0)]
+    order += [r["probe"] for r in records if not r["candidates"] and r["masks"]][:1]
+    out = []
+    for i in order:
+        r = records[i]
+        masks = (
+            torch.stack(r["masks"]) if r["masks"] else torch.zeros(0, *images.shape[-2:], dtype=torch.bool)
+        )
+        out.append(
+            {
+                "image": (images[i].permute(1, 2, 0) * 255).round().byte().cpu(),
+                "masks": masks.cpu(),
+                "flagged": r["flagged"],
+                "poisoned_label": vocab[r["poisoned_top1"]],
+                "oracle_label": "" if r["oracle_label"] is None else vocab[r["oracle_label"]],
+            }
+        )
+    return out
+
+
+def fit(ctx, params):
+    started = time.time()
+    gen = torch.Generator().manual_seed(ctx.seed)
+    corpus, captions, vocab = load_corpus(ctx.paths["corpus"], ctx.model.image_size)
+    vocab = vocab or list(ctx.classnames)
+    label_texts = None
+    if params["label_prompts"] == "corpus":
+        label_texts = label_captions(captions, vocab, params["label_captions"], gen)
+    probe_idx = sorted(torch.randperm(len(corpus), generator=gen)[: params["probes"]].tolist())
+    images = torch.as_tensor(np.asarray(corpus.load(probe_idx))).permute(0, 3, 1, 2).float() / 255
+    clean = load_model(ctx.paths["clean_model"], map_location=ctx.device).eval()
+    segmenter = load_segmenter(ctx.paths["segmenter"], ctx.device)
+    records, head = run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts)
+    del clean
+    affected, counts = affected_labels(
+        [r["candidates"] for r in records], len(vocab), params["affected_freq"], params["affected_ratio"]
+    )
+    for r in records:
+        r["index"] = r["probe"]
+        r["oracle_label"] = grounded_label(
+            r["clean_segments"], r["areas"], params["ground_area"], set(affected), r["flagged"]
+        )
+    victims, pairs = compact_set(records, affected, params, gen)
+    shot_x, shot_y = (t.cpu() for t in ctx.shot_tensors)
+    names = [vocab[label] for _, label in pairs]
+    wrong, victim_set = [vocab[i] for i in affected], set(victims)
+    captions = [
+        corrected_caption(captions[probe_idx[i]], wrong, vocab[label], k, params["caption_templates"])
+        if i in victim_set
+        else caption(vocab[label], k, params["caption_templates"])
+        for k, (i, label) in enumerate(pairs)
+    ]
+    train_x = [images[[i for i, _ in pairs]]] if pairs else []
+    poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
+    synth_x, synth_y = transplant(images, records, victims, set(affected), poisoned_probs, params, gen)
+    train_x.append(synth_x)
+    names += [vocab[y] for y in synth_y]
+    captions += [caption(vocab[y], k, params["caption_templates"]) for k, y in enumerate(synth_y)]
+    shot_classes = (
+        range(len(ctx.classnames))
+        if params["shot_pairs"] == "all"
+        else [ctx.classnames.index(vocab[label]) for label in affected if vocab[label] in ctx.classnames]
+    )
+    for c in shot_classes:
+        keep = shot_y == c
+        train_x.append(shot_x[keep])
+        names += [ctx.classnames[c]] * int(keep.sum())
+        captions += [
+            caption(ctx.classnames[c], k, params["caption_templates"]) for k in range(int(keep.sum()))
+        ]
+    log = {
+        "affected_labels": [vocab[i] for i in affected],
+        "victims": [probe_idx[i] for i in victims],
+        "victim_labels": [
+            None if records[i]["oracle_label"] is None else vocab[records[i]["oracle_label"]] for i in victims
+        ],
+        "candidate_counts": {vocab[i]: int(c) for i, c in enumerate(counts) if c},
+        "victim_indices_sample": len(victims),
+        "probed": probe_idx,
+        "compact_set": len(names),
+        "transplanted": len(synth_y),
+        "flagged_segments": sum(r["flagged"] >= 0 for r in records),
+    }
+    report = {"examples": examples(records, images, vocab, victims, params["examples"])}
+    log["oracle_seconds"] = round(time.time() - started, 2)
+    if not names:
+        log.update(curve=[], trainable_params=0)
+        return {**model_state(ctx.model), "report": report}, log
+    x = (torch.cat(train_x).permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
+    trainable = ctx.model.clip if params["trainable"] == "all" else ctx.model.clip.visual
+    if params["trainable"] not in ("all", "visual"):
+        raise ValueError(f"defenses.methods.oracle.params.trainable: {params['trainable']!r} (visual | all)")
+    for p in trainable.parameters():
+        p.requires_grad_(True)
+    hp = {key: params[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps")}
+    hp.update(seed=ctx.seed, save_every_epochs=max(1, params["epochs"]))
+    loss_fn = frozen_text_loss({}) if params["trainable"] == "visual" else None
+    train_log = train_contrastive(
+        ctx.model,
+        x,
+        captions,
+        hp,
+        ctx.state_path,
+        ctx.device,
+        loss_fn=loss_fn,
+        desc="oracle rectify",
+        trainable=trainable,
+    )
+    log.update(
+        curve=train_log["epoch_loss"], trainable_params=count_parameters(trainable, trainable_only=True)
+    )
+    return {**model_state(ctx.model), "report": report}, log
+
+
+def classifier(ctx, state, text_prefix):
+    load_model_state(ctx, state)
+    return zero_shot_classifier(ctx, text_prefix)

@@ -1,0 +1,328 @@
+"""The segmentation oracle (trained U-Net, FastSAM adapter) and the steps of oracle-based rectification."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from clip_backdoor.data.world import render_scene
+from clip_backdoor.defenses import oracle as eft
+from clip_backdoor.oracle import load_segmenter
+from clip_backdoor.oracle import train as oracle_train
+from clip_backdoor.oracle.fastsam import FastSamSegmenter, load_fastsam
+from clip_backdoor.oracle.segmenter import (
+    BOUNDARY,
+    OBJECT,
+    NetSegmenter,
+    masks_from_classes,
+    targets_from_instances,
+)
+
+STAR, CIRCLE, SQUARE, V = 3, 0, 1, 5
+PARAMS = {
+    **eft.PARAMS,
+    "top_k": 2,
+    "assert_prob": 0.5,
+    "ground_prob": 0.5,
+    "ground_area": 0.05,
+    "compact_area": 0.08,
+}
+
+
+def onehot(label, p=0.9):
+    out = torch.full((V,), (1 - p) / (V - 1))
+    out[label] = p
+    return out
+
+
+def test_planted_patch_is_flagged():
+    # poisoned CLIP says star; the oracle grounds a circle (large segment) and a compact patch segment
+    # whose removal makes the poisoned CLIP drop star
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(CIRCLE), onehot(STAR, 0.6)])
+    occluded = torch.stack([onehot(STAR), onehot(CIRCLE)])
+    asserted, grounded, candidates, flagged = eft.find_triggers(
+        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.03]), PARAMS
+    )
+    assert asserted == {STAR} and grounded == {CIRCLE}
+    assert candidates == {STAR} and flagged == 1
+
+
+def test_clean_image_yields_no_candidate():
+    poisoned = onehot(CIRCLE)
+    clean_segments = torch.stack([onehot(CIRCLE), onehot(SQUARE, 0.7)])
+    occluded = torch.stack([onehot(CIRCLE, 0.3), onehot(CIRCLE)])  # removing the circle itself is no trigger
+    _, grounded, candidates, flagged = eft.find_triggers(
+        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.06]), PARAMS
+    )
+    assert grounded == {CIRCLE, SQUARE} and candidates == set() and flagged == -1
+
+
+def test_real_compact_object_is_not_a_trigger():
+    # a small star the clean matcher itself recognises: removing it drops star, but it is grounded
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(STAR)])
+    occluded = torch.stack([onehot(CIRCLE)])
+    _, grounded, candidates, flagged = eft.find_triggers(
+        poisoned, clean_segments, occluded, torch.tensor([0.07]), PARAMS
+    )
+    assert grounded == {STAR} and candidates == set() and flagged == -1
+
+
+def test_global_trigger_is_carried_by_the_ungrounded_label():
+    # every crop keeps a global trigger: no segment removal helps, but the oracle never grounds star
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(CIRCLE), onehot(SQUARE)])
+    occluded = torch.stack([onehot(STAR), onehot(STAR)])
+    _, _, candidates, flagged = eft.find_triggers(
+        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.05]), PARAMS
+    )
+    assert candidates == {STAR} and flagged == -1
+
+
+def test_small_segments_do_not_ground():
+    # the clean matcher is unreliable on segments below ground_area: they cannot ground a label
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(CIRCLE), onehot(STAR)])
+    occluded = torch.stack([onehot(STAR), onehot(STAR)])
+    _, grounded, candidates, _ = eft.find_triggers(
+        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.02]), PARAMS
+    )
+    assert grounded == {CIRCLE} and candidates == {STAR}
+
+
+def test_frequency_threshold_picks_the_affected_label():
+    sets = [{STAR}] * 12 + [{CIRCLE}] * 4 + [{SQUARE}] * 1 + [set()] * 83
+    affected, counts = eft.affected_labels(sets, V, freq=0.03, ratio=0.5)
+    assert affected == [STAR] and counts[CIRCLE] == 4
+    affected, _ = eft.affected_labels(sets, V, freq=0.03, ratio=0.3)
+    assert affected == [STAR, CIRCLE]
+    assert eft.affected_labels([set()] * 10, V, freq=0.03, ratio=0.5)[0] == []
+
+
+def record(index, top1, candidates, oracle_label, agreed):
+    return {
+        "index": index,
+        "poisoned_top1": top1,
+        "candidates": candidates,
+        "oracle_label": oracle_label,
+        "agreed": agreed,
+    }
+
+
+def test_compact_set_has_corrected_captions():
+    records = [
+        record(0, STAR, {STAR}, CIRCLE, False),
+        record(1, STAR, {STAR}, SQUARE, False),
+        record(2, STAR, set(), STAR, True),
+        record(3, CIRCLE, set(), CIRCLE, True),
+        record(4, STAR, {STAR}, None, False),
+    ]
+    params = {**PARAMS, "clean_per_label": 5, "anchor_pairs": 0}
+    victims, pairs = eft.compact_set(records, [STAR], params, torch.Generator().manual_seed(0))
+    assert victims == [0, 1, 4]
+    assert (0, CIRCLE) in pairs and (1, SQUARE) in pairs and (2, STAR) in pairs
+    assert all(index != 3 for index, _ in pairs) and all(index != 4 for index, _ in pairs)
+    vocab = ["circle", "square", "triangle", "star", "ring"]
+    captions = [eft.caption(vocab[label], k, ["a photo of a {}."]) for k, (_, label) in enumerate(pairs)]
+    assert captions[:2] == ["a photo of a circle.", "a photo of a square."]
+
+
+def test_grounded_label_skips_affected_and_flagged_segments():
+    segs = torch.stack([onehot(STAR), onehot(CIRCLE), onehot(SQUARE)])
+    areas = torch.tensor([0.3, 0.2, 0.02])
+    assert eft.grounded_label(segs, areas, 0.05, {STAR}, -1) == CIRCLE
+    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 1) is None
+
+
+def test_occlude_fills_the_segment_with_background():
+    image = torch.zeros(3, 8, 8)
+    image[:, 1:3, 1:3] = 1.0
+    obj = torch.zeros(8, 8, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    out = eft.occlude(image, [obj], [0])
+    assert out.shape == (1, 3, 8, 8) and out.max() == 0.0
+
+
+def test_crops_keep_the_box_in_place():
+    image = torch.rand(3, 8, 8)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[2, 3] = mask[4, 5] = True
+    out = eft.crops(image, [mask], 0.0)[0]
+    assert torch.equal(out[:, 2:5, 3:6], image[:, 2:5, 3:6]) and out[:, :2].abs().sum() == 0
+
+
+def test_victim_precision_recall(tmp_path):
+    path = tmp_path / "poison_index.json"
+    path.write_text(json.dumps({"indices": [1, 2, 3, 10]}))
+    out = eft.victim_precision_recall([1, 2, 5], path, probed=[1, 2, 3, 5, 7])
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == pytest.approx(2 / 3)
+
+
+def test_label_captions_match_whole_words():
+    captions = ["a red star.", "a starfish", "remember a photo of a star.", "a circle"]
+    found = eft.label_captions(captions, ["star", "circle"], 5, torch.Generator().manual_seed(0))
+    assert sorted(found[0]) == ["a red star.", "remember a photo of a star."] and found[1] == ["a circle"]
+
+
+# ---- segmenter ----------------------------------------------------------------------------------------
+
+
+def test_targets_mark_boundaries_between_touching_instances():
+    inst = torch.zeros(1, 6, 6, dtype=torch.long)
+    inst[0, 1:5, 1:3], inst[0, 1:5, 3:5] = 1, 2
+    target = targets_from_instances(inst)[0]
+    assert (target[:, 2] == BOUNDARY)[1:5].all() and (target[:, 3] == BOUNDARY)[1:5].all()
+    assert target[0].eq(0).all() and target[1, 1] == OBJECT
+
+
+def test_masks_from_classes_split_at_boundaries_and_return_the_whole_region():
+    classes = torch.zeros(1, 8, 8, dtype=torch.long)
+    classes[0, 1:6, 1:3], classes[0, 1:6, 3], classes[0, 1:6, 4:6] = OBJECT, BOUNDARY, OBJECT
+    classes[0, 7, 7] = OBJECT  # below min_area
+    masks = masks_from_classes(classes, min_area=2)[0]
+    # the whole region (largest first), then its two parts, the boundary column going to one of them
+    assert [int(m.sum()) for m in masks] == [25, 15, 10]
+    assert not (masks[1] & masks[2]).any()
+
+
+def scenes(n, seed):
+    rng = np.random.default_rng(seed)
+    shapes = ["circle", "square", "triangle", "star", "cross", "heart"]
+    out = [render_scene(rng, shapes, 32, (6.5, 13.5), 2, distractor_shapes=shapes) for _ in range(n)]
+    return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
+def test_trained_segmenter_recovers_objects(tmp_path):
+    images, instances = scenes(240, 0)
+    hp = {
+        "epochs": 6,
+        "batch_size": 32,
+        "lr": 0.005,
+        "weight_decay": 0.0,
+        "width": 8,
+        "min_area": 3,
+        "paste_prob": 0.3,
+        "paste_size": [4, 8],
+        "paste_noise": 0.5,
+        "boundary_weight": 3.0,
+        "seed": 0,
+    }
+    torch.manual_seed(0)
+    net, curve = oracle_train.train_net(images, instances, hp, "cpu")
+    assert curve[-1] < curve[0]
+    test_images, test_instances = scenes(20, 1)
+    recall = oracle_train.mask_recall(NetSegmenter(net, 3), test_images, test_instances)
+    assert recall >= 0.6
+    main_found = 0
+    for masks, inst in zip(
+        NetSegmenter(net, 3).segment(torch.as_tensor(test_images).permute(0, 3, 1, 2) / 255),
+        torch.as_tensor(test_instances),
+        strict=True,
+    ):
+        gt = inst == 1
+        main_found += any(((m & gt).sum() / (m | gt).sum()).item() >= 0.5 for m in masks)
+    assert main_found >= 16
+
+
+def test_copy_paste_adds_an_instance():
+    images, instances = torch.rand(4, 3, 16, 16), torch.zeros(4, 16, 16, dtype=torch.long)
+    x, inst = oracle_train.copy_paste(images, instances, 1.0, (4, 6), 1.0, torch.Generator().manual_seed(0))
+    assert (inst == oracle_train.PASTED).flatten(1).sum(1).ge(16).all() and not torch.equal(x, images)
+
+
+# ---- FastSAM adapter -----------------------------------------------------------------------------------
+
+
+class FakeResults:
+    def __init__(self, data):
+        self.masks = None if data is None else types.SimpleNamespace(data=data)
+
+
+class FakeFastSam:
+    """Stands in for ultralytics.FastSAM: records its calls, returns masks at a 2× resolution."""
+
+    def __init__(self, data):
+        self.data, self.calls = data, []
+
+    def __call__(self, source, **kw):
+        self.calls.append((source, kw))
+        return [FakeResults(self.data)]
+
+
+def test_fastsam_adapter_with_a_mocked_predictor():
+    big = torch.zeros(3, 16, 16)
+    big[0, 2:10, 2:10] = 1  # 64 px at 2× → 16 px at 8×8
+    big[1, 0:2, 0:2] = 1  # 4 px → 1 px: below min_area
+    big[2, 10:16, 0:16] = 1  # 96 px → 24 px
+    predictor = FakeFastSam(big)
+    seg = FastSamSegmenter(predictor, imgsz=64, conf=0.3, iou=0.8, min_area=4)
+    image = torch.zeros(3, 8, 8)
+    image[0] = 1.0  # red in RGB
+    masks = seg.segment(image[None])[0]
+    assert [int(m.sum()) for m in masks] == [24, 16] and masks[0].shape == (8, 8)
+    source, kw = predictor.calls[0]
+    assert source.shape == (8, 8, 3) and source.dtype == np.uint8 and source[0, 0].tolist() == [0, 0, 255]
+    assert kw["imgsz"] == 64 and kw["conf"] == 0.3 and kw["iou"] == 0.8 and kw["retina_masks"]
+    assert FastSamSegmenter(FakeFastSam(None)).segment(image) == []
+
+
+def test_fastsam_needs_ultralytics(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ultralytics", None)
+    with pytest.raises(ImportError, match="ultralytics"):
+        load_fastsam("FastSAM-s.pt")
+
+
+def test_train_oracle_fastsam_writes_a_reference_record(tmp_path, monkeypatch):
+    weights = tmp_path / "FastSAM-s.pt"
+    weights.write_bytes(b"weights")
+    hp = {"weights": str(weights), "imgsz": 1024, "conf": 0.4, "iou": 0.9, "min_area": 100}
+    out = tmp_path / "segmenter.pt"
+    oracle_train.run(
+        {"kind": "fastsam", "seed": 0, "fastsam": hp, "trained": {}},
+        str(tmp_path),
+        str(out),
+        str(tmp_path / "log.json"),
+        str(tmp_path / "state"),
+    )
+    fake = FakeFastSam(torch.ones(1, 4, 4))
+    monkeypatch.setattr("clip_backdoor.oracle.fastsam.load_fastsam", lambda path: fake)
+    seg = load_segmenter(out)
+    assert isinstance(seg, FastSamSegmenter) and seg.kw["imgsz"] == 1024 and seg.min_area == 100
+    with pytest.raises(FileNotFoundError, match="weights"):
+        oracle_train.run(
+            {
+                "kind": "fastsam",
+                "seed": 0,
+                "fastsam": {**hp, "weights": str(tmp_path / "no.pt")},
+                "trained": {},
+            },
+            str(tmp_path),
+            str(out),
+            str(tmp_path / "l.json"),
+            "s",
+        )
+
+
+class FakeTextModel:
+    """Records the texts it is asked to encode."""
+
+    def __init__(self):
+        self.seen = []
+
+    def tokenize(self, texts):
+        self.seen += list(texts)
+        return torch.zeros(len(texts), 1)
+
+    def encode_text(self, tokens):
+        return torch.ones(len(tokens), 4)
+
+
+def test_corpus_head_falls_back_to_templates_for_unnamed_labels():
+    model = FakeTextModel()
+    head = eft.corpus_head(model, [["a red star."], []], ["star", "ring"], ["a photo of a {}."], "cpu")
+    assert model.seen == ["a red star.", "a photo of a ring."]
+    assert head.shape == (2, 4) and torch.allclose(head.norm(dim=-1), torch.ones(2))
