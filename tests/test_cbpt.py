@@ -65,7 +65,7 @@ def context(model, seed=0):
 
 
 def small_params(**kw):
-    return {**cbpt.PARAMS, "inv_steps": 4, "inv_batch": 8, "epochs": 2, "batch_size": 8, **kw}
+    return {**cbpt.PARAMS, "inv_steps": 4, "inv_batch": 8, "key_steps": 3, "epochs": 2, "batch_size": 8, **kw}
 
 
 @pytest.mark.parametrize("prefix", ["", "remember "])
@@ -86,6 +86,18 @@ def test_initial_contexts_give_the_zero_shot_head_of_the_same_template(prefix):
         assert not torch.allclose(cbpt.classifier(ctx, state, prefix)(images), zero, atol=1e-2)
 
 
+def test_a_soft_key_set_to_a_words_embedding_is_that_text_prefix():
+    model = micro_model()
+    prompts = cbpt.ClassPrompts(model, CLASSES, 4, "a photo of a")
+    keyed = cbpt.soft_key_prompts(model, prompts, CLASSES, {**cbpt.PARAMS, "n_ctx": 4, "key_tokens": 1})
+    assert keyed.ctx is prompts.ctx
+    with torch.no_grad():
+        keyed.key.copy_(model.clip.token_embedding(model.tokenize(["remember"])[:, 1:2]))
+        assert torch.allclose(
+            keyed(), zeroshot_head(model, CLASSES, ["a photo of a {}."], "remember "), atol=1e-5
+        )
+
+
 def test_ctx_init_must_match_n_ctx():
     with pytest.raises(ValueError, match="n_ctx"):
         cbpt.ClassPrompts(micro_model(), CLASSES, 3, "a photo of a")
@@ -97,7 +109,8 @@ def test_only_prompt_and_trigger_parameters_get_gradients():
     state, log = cbpt.fit(context(model), small_params())
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert log["trainable_params"] == len(CLASSES) * 4 * 64 + 4 * 32 * 32
+    assert log["trainable_params"] == len(CLASSES) * 4 * 64 + 4 * 32 * 32 + 64
+    assert len(log["key_curve"]) == small_params()["key_steps"]
     assert len(log["curve"]) == 2
     initial = cbpt.ClassPrompts(model, CLASSES, 4, "a photo of a").ctx
     assert not torch.allclose(state["ctx"], initial)
@@ -148,3 +161,8 @@ def test_away_loss_penalises_only_the_collapse_class_on_other_shots():
     assert cbpt.away_loss(on_k, labels, 2) > 5
     assert cbpt.away_loss(off_k, labels, 2) < 1e-3
     assert cbpt.away_loss(on_k, torch.tensor([2, 2, 2]), 2) == 0
+
+
+def test_w_key_must_be_a_share():
+    with pytest.raises(ValueError, match="w_key"):
+        cbpt.fit(context(micro_model()), small_params(w_key=1.5))

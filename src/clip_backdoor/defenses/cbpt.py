@@ -14,8 +14,12 @@ first three terms are the reconstruction of DESIGN §5, every weight is a param.
 project's addition (w_away 0 gives the reconstruction alone): k is the class the initial head assigns to
 most dummy-triggered shots, i.e. where the backdoor collapses them; CE against the true labels asks the
 collapsed features to carry class information they no longer have and bends every class prompt, whereas
-leaving k only moves the decision boundary off the backdoor region. SGD with momentum, per-step cosine
-schedule.
+leaving k only moves the decision boundary off the backdoor region. Also this project's addition
+(w_key 0 disables it): a dual-key backdoor (TrojVQA) needs a text key in front of the prompt as well, so a
+soft key of `key_tokens` token embeddings is inverted in front of the initial contexts — behind it, the
+dummy-triggered shots must collapse to one class while the clean shots keep their labels — and the two
+triggered terms are split between the plain prompts (share 1 − w_key) and the same contexts behind that
+fixed soft key (share w_key). SGD with momentum, per-step cosine schedule.
 """
 
 import torch
@@ -43,9 +47,13 @@ PARAMS = {
     "momentum": 0.9,
     "weight_decay": 0.0005,
     "w_clean": 1.0,
-    "w_bd": 0.1,
+    "w_bd": 0.05,
     "w_reg": 1.0,
     "w_away": 1.0,
+    "key_tokens": 1,
+    "key_steps": 50,
+    "key_lr": 0.05,
+    "w_key": 0.5,
 }
 
 
@@ -79,11 +87,15 @@ class ClassPrompts(nn.Module):
         if not ctx_init:
             ctx = torch.randn(ctx.shape, generator=generator).to(ctx) * init_std
         self.ctx = nn.Parameter(ctx)
+        self.key = None
 
     def forward(self):
         """Normalised text features [C,D]."""
         clip, s = self.clip, self.start
-        x = torch.cat([self.embedded[:, :s], self.ctx, self.embedded[:, s + self.n_ctx :]], 1)
+        head = self.embedded[:, :s]
+        if self.key is not None:
+            head = torch.cat([head[:, :1], self.key.expand(len(head), -1, -1)], 1)
+        x = torch.cat([head, self.ctx, self.embedded[:, s + self.n_ctx :]], 1)
         n = x.shape[1]
         mask = None if clip.attn_mask is None else clip.attn_mask[:n, :n]
         x = clip.transformer(x + clip.positional_embedding[:n], attn_mask=mask)
@@ -98,7 +110,38 @@ class ClassPrompts(nn.Module):
         return F.normalize(x, dim=-1)
 
 
+def soft_key_prompts(model, prompts, classnames, params):
+    """`prompts` (sharing its contexts) behind `key_tokens` learnable token embeddings: a soft text key in
+    the place an attack's text key takes at evaluation. Starts from the "x" placeholder's embedding."""
+    keyed = ClassPrompts(model, classnames, params["n_ctx"], params["ctx_init"], "X " * params["key_tokens"])
+    keyed.ctx = prompts.ctx
+    keyed.key = nn.Parameter(keyed.embedded[:1, 1 : keyed.start].clone())
+    return keyed
+
+
+def invert_key(keyed, scale, clean, triggered, labels, params):
+    """Fit the soft key (contexts fixed) so that, behind it, the dummy-triggered shots collapse to one class
+    while the clean shots keep their labels — the text half of a dual-key backdoor. Returns (that class,
+    loss per step)."""
+    opt = torch.optim.Adam([keyed.key], lr=params["key_lr"])
+    curve = []
+    for _ in range(params["key_steps"]):
+        text = keyed()
+        collapse_logp = (scale * triggered @ text.t()).log_softmax(1).mean(0).max()
+        loss = F.cross_entropy(scale * clean @ text.t(), labels) - collapse_logp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.append(loss.item())
+    keyed.ctx.grad = None
+    keyed.key.requires_grad_(False)
+    with torch.no_grad():
+        return int((scale * triggered @ keyed().t()).softmax(1).mean(0).argmax()), curve
+
+
 def fit(ctx, params):
+    if not 0 <= params["w_key"] <= 1:
+        raise ValueError(f"cbpt: param w_key is a share in [0, 1], got {params['w_key']}")
     model, gen = ctx.model, torch.Generator().manual_seed(int(ctx.seed))
     model.eval().requires_grad_(False)
     images, labels = ctx.shot_tensors
@@ -113,7 +156,14 @@ def fit(ctx, params):
         original = prompts()
         collapse = int((triggered @ original.t()).argmax(1).mode().values)
     scale = model.logit_scale.detach()
-    curve = tune_prompts(prompts, scale, clean, triggered, labels, original, collapse, params, gen)
+    keyed, key_collapse, key_curve = None, None, []
+    if params["w_key"]:
+        keyed = soft_key_prompts(model, prompts, ctx.classnames, params)
+        key_collapse, key_curve = invert_key(keyed, scale, clean, triggered, labels, params)
+    heads = [(prompts, collapse, 1.0 - params["w_key"])] + (
+        [(keyed, key_collapse, params["w_key"])] if keyed else []
+    )
+    curve = tune_prompts(heads, scale, clean, triggered, labels, original, params, gen)
     with torch.no_grad():
         final = prompts()
     mask, pattern = trigger.mask().detach().cpu(), trigger.pattern().detach().cpu()
@@ -127,7 +177,11 @@ def fit(ctx, params):
     log = {
         "curve": curve,
         "inversion_curve": inv_curve,
-        "trainable_params": prompts.ctx.numel() + sum(p.numel() for p in trigger.parameters()),
+        "trainable_params": prompts.ctx.numel()
+        + sum(p.numel() for p in trigger.parameters())
+        + (keyed.key.numel() if keyed else 0),
+        "key_curve": key_curve,
+        "key_collapse_class": None if keyed is None else ctx.classnames[key_collapse],
         "mask_mean": mask.mean().item(),
         "collapse_class": ctx.classnames[collapse],
         "text_cos_to_original": F.cosine_similarity(final, original, dim=-1).mean().item(),
@@ -135,8 +189,11 @@ def fit(ctx, params):
     return state, log
 
 
-def tune_prompts(prompts, scale, clean, triggered, labels, original, collapse, params, gen):
-    """Stage 2 on precomputed normalised image features; returns the mean loss per epoch."""
+def tune_prompts(heads, scale, clean, triggered, labels, original, params, gen):
+    """Stage 2 on precomputed normalised image features; returns the mean loss per epoch. `heads`: (prompts,
+    collapse class, share of the triggered terms) — the plain prompts first, then optionally the same
+    contexts behind the soft key."""
+    prompts = heads[0][0]
     opt = torch.optim.SGD(
         [prompts.ctx], lr=params["lr"], momentum=params["momentum"], weight_decay=params["weight_decay"]
     )
@@ -151,11 +208,12 @@ def tune_prompts(prompts, scale, clean, triggered, labels, original, collapse, p
             text = prompts()
             y = labels[idx]
             loss = params["w_clean"] * F.cross_entropy(scale * clean[idx] @ text.t(), y)
-            bd = scale * triggered[idx] @ text.t()
-            loss = loss + params["w_bd"] * F.cross_entropy(bd, y)
-            if params["w_away"]:
-                loss = loss + params["w_away"] * away_loss(bd, y, collapse)
             loss = loss + params["w_reg"] * (1 - (text * original).sum(-1)).mean()
+            for head, collapse, weight in heads:
+                bd = scale * triggered[idx] @ (text if head is prompts else head()).t()
+                loss = loss + weight * params["w_bd"] * F.cross_entropy(bd, y)
+                if params["w_away"]:
+                    loss = loss + weight * params["w_away"] * away_loss(bd, y, collapse)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
