@@ -7,7 +7,7 @@ CORES ?= 2
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test install lint
+.PHONY: run test install lint browser
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --keep-going all
 
-test: $(STAMP)
+# The report tests open the HTML page in headless Chromium (Debian's package; skipped if it cannot install).
+browser:
+	@command -v chromium > /dev/null 2>&1 || (apt-get install -y --no-install-recommends chromium > /dev/null 2>&1 \
+	  || echo "chromium not installed: the report's browser tests will skip")
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

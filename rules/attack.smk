@@ -15,9 +15,9 @@ rule make_trigger:
         f"{RESULTS}/benchmarks/make_trigger/{{attack}}.tsv"
     log:
         f"logs/{RUN}/make_trigger/{{attack}}.log",
-    threads: config["threads"]
+    threads: job_threads("trigger")
     resources:
-        **train_resources("evaluate"),
+        **train_resources("trigger"),
     shell:
         "{params.py} make_trigger --threads {threads} --params {params.p} --data {params.data}"
         " --clean-model {input.clean_model} --out {output} 2> {log}"
@@ -30,12 +30,14 @@ rule poison_data:
     input:
         data=rules.prepare_data.output,
         trigger=rules.make_trigger.output,
+        clean_model=lambda wildcards: rules.pretrain_clean_clip.output.model if attack_config(wildcards.attack).get("harden") else [],
         src=lambda wildcards: sources("poison_data", wildcards.attack),
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
         out=lambda wildcards, output: os.path.dirname(output.index),
         p=lambda wildcards: as_json(poison_params(wildcards.attack)),
+        clean_model=lambda wildcards, input: f"--clean-model {input.clean_model}" if input.clean_model else "",
     conda:
         "../environment.yml"
     benchmark:
@@ -48,7 +50,7 @@ rule poison_data:
         runtime=20,
     shell:
         "{params.py} poison_data --params {params.p} --data {params.data} --trigger {input.trigger}"
-        " --out {params.out} 2> {log}"
+        " {params.clean_model} --out {params.out} 2> {log}"
 
 
 rule poison_finetune:
@@ -70,7 +72,7 @@ rule poison_finetune:
         f"{RESULTS}/benchmarks/poison_finetune/{{attack}}.tsv"
     log:
         f"logs/{RUN}/poison_finetune/{{attack}}.log",
-    threads: config["threads"]
+    threads: job_threads("finetune")
     resources:
         **train_resources("finetune"),
     shell:

@@ -118,6 +118,8 @@ def poison_params(attack):
     params = {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
               "n_poison": attack_config(attack).get("n_poison", config["attacks"]["n_poison"]),
               "caption_templates": config["attacks"]["caption_templates"]}
+    if attack_config(attack).get("harden"):
+        params["harden"] = attack_config(attack)["harden"]
     if config["data"]["kind"] != "embedded":
         # the papers' corpus is resized to the model's resolution when poisoned; the embedded pool is
         # used at its own size (and its params stay as they were, so its jobs are not invalidated)
@@ -214,6 +216,11 @@ DVC_ADD = (
 )
 
 
+def job_threads(kind):
+    """Threads of one job of a resource kind: small jobs run one thread each, several side by side."""
+    return config["resources"][kind].get("threads", config["threads"])
+
+
 def train_resources(kind):
     res = config["resources"][kind]
     return {"gpu": 1, "mem_mb": res["mem_mb"], "runtime": res["runtime"]}
@@ -308,11 +315,12 @@ def defense_params(defense, attack):
     defaults, _ = module_literals(defense)
     block = defense_config(defense)
     given = {**block.get("params", {}), **block.get("per_attack", {}).get(attack, {})}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(sorted(defaults))
-        raise WorkflowError(f"defenses.methods.{defense}.params: unknown key {unknown[0]!r} (known: {known})")
-    return {**defaults, **given}
+    from clip_backdoor.defenses import resolve_params
+
+    try:
+        return resolve_params(defense, defaults, given)
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def defend_params(dataset, defense, attack, seed):
@@ -328,8 +336,9 @@ def defend_inputs(wildcards):
     unknown = sorted(set(extra) - set(DEFENSE_INPUTS))
     if unknown:
         raise WorkflowError(f"defense {wildcards.defense!r}: unknown INPUTS {unknown} (known: {sorted(DEFENSE_INPUTS)})")
+    # the gate: a defense against an attack that never took is meaningless, so it waits for the gate to pass
     inputs = {"model": f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt", "data": f"{DATA_DIR}/world.json",
-              "src": defense_sources("defend", wildcards.defense)}
+              "gate": f"{RESULTS}/gate/{wildcards.attack}.json", "src": defense_sources("defend", wildcards.defense)}
     inputs.update({key: DEFENSE_INPUTS[key].format(attack=wildcards.attack) for key in extra})
     return inputs
 
@@ -376,3 +385,20 @@ def report_models():
     """Poisoned models the CBPT figure measures the inverted trigger on (only when a state figure needs one)."""
     attacks = sorted({Path(p).parts[-3] for p in report_states()})
     return [f"{CKPT_DIR}/attacks/{a}/model.pt" for a in attacks]
+
+
+# ---- oracle and report ------------------------------------------------------------------------------
+def oracle_params():
+    """The settings of the configured kind only (editing the other kind's block reruns nothing)."""
+    block = config["oracle"]
+    return {"kind": block["kind"], "seed": block["seed"], block["kind"]: block[block["kind"]]}
+
+
+def oracle_inputs(wildcards):
+    if config["oracle"]["kind"] == "fastsam":
+        return {"weights": config["oracle"]["fastsam"]["weights"], "src": sources("train_oracle")}
+    return {"data": rules.prepare_data.output[0], "src": sources("train_oracle")}
+
+
+def cli_list(flag, paths):
+    return f"--{flag} {' '.join(paths)}" if paths else ""

@@ -18,7 +18,7 @@ rule defend:
         f"{RESULTS}/benchmarks/defend/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.tsv"
     log:
         f"logs/{RUN}/defend/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.log",
-    threads: config["threads"]
+    threads: job_threads("defend")
     resources:
         **train_resources("defend"),
     shell:

@@ -18,7 +18,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.tsv"
     log:
         f"logs/{RUN}/evaluate/{{dataset}}_{{attack}}_{{defense}}_seed{{seed}}.log",
-    threads: config["threads"]
+    threads: job_threads("evaluate")
     resources:
         **train_resources("evaluate"),
     shell:

@@ -4,18 +4,6 @@
 # so replacing the weights reruns what depends on the oracle) and its inference settings.
 
 
-def oracle_params():
-    """The settings of the configured kind only (editing the other kind's block reruns nothing)."""
-    block = config["oracle"]
-    return {"kind": block["kind"], "seed": block["seed"], block["kind"]: block[block["kind"]]}
-
-
-def oracle_inputs(wildcards):
-    if config["oracle"]["kind"] == "fastsam":
-        return {"weights": config["oracle"]["fastsam"]["weights"], "src": sources("train_oracle")}
-    return {"data": rules.prepare_data.output[0], "src": sources("train_oracle")}
-
-
 rule train_oracle:
     output:
         segmenter=DEFENSE_INPUTS["segmenter"],

@@ -16,7 +16,7 @@ rule pretrain_clean_clip:
         f"{RESULTS}/benchmarks/pretrain_clean_clip.tsv"
     log:
         f"logs/{RUN}/pretrain_clean_clip.log",
-    threads: config["threads"]
+    threads: job_threads("pretrain")
     resources:
         **train_resources("pretrain"),
     shell:

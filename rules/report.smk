@@ -15,10 +15,6 @@ rule summarize:
         "{params.py} summarize --metrics {input.metrics} --out {output} 2> {log}"
 
 
-def cli_list(flag, paths):
-    return f"--{flag} {' '.join(paths)}" if paths else ""
-
-
 rule report:
     output:
         html=f"{REPORT_DIR}/index.html",

@@ -7,17 +7,24 @@ from collections import Counter
 import pytest
 import yaml
 
-from conftest import snakemake
+from conftest import REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 
 
-def planned(work, configfile="configs/smoke.yaml"):
-    """(Counter of rule → jobs, set of attack wildcards) that `snakemake -n all` plans."""
+def planned(work, configfile="configs/smoke.yaml", with_defenses=False):
+    """(Counter of rule → jobs, set of attack wildcards[, set of defense wildcards]) that `snakemake -n all`
+    plans."""
     out = snakemake(work, "-n", "all", "--configfile", configfile).stdout
     jobs = Counter(re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M))
     attacks = set(re.findall(r"wildcards: .*?attack=(\w+)", out))
+    if with_defenses:
+        return jobs, attacks, set(re.findall(r"wildcards: .*?defense=(\w+)", out))
     return jobs, attacks
+
+
+def smoke_config():
+    return yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
 
 
 @pytest.fixture
@@ -27,11 +34,23 @@ def work(smoke_run, tmp_path):
     return dest
 
 
-def _config_change(work, mutate):
+def _config_change(work, mutate, with_defenses=False):
     cfg = yaml.safe_load((work / "configs/smoke.yaml").read_text())
     mutate(cfg)
     (work / "changed.yaml").write_text(yaml.safe_dump(cfg))
-    return planned(work, "changed.yaml")
+    return planned(work, "changed.yaml", with_defenses)
+
+
+def attack_jobs(n_defenses):
+    """The jobs one attack's change plans: its chain, its defenses and their evaluations, the report."""
+    return Counter(
+        make_trigger=1, poison_data=1, poison_finetune=1, asr_gate=1, defend=n_defenses,
+        evaluate=1 + n_defenses, summarize=1, report=1, all=1,
+    )  # fmt: skip
+
+
+def defense_jobs(n_runs):
+    return Counter(defend=n_runs, evaluate=n_runs, summarize=1, report=1, all=1)
 
 
 def test_nothing_planned_without_a_change(work):
@@ -43,21 +62,39 @@ def test_one_attack_parameter_reruns_that_attack_only(work):
         work, lambda c: c["attacks"]["methods"]["badnet"]["trigger"].update(noise_std=0.5)
     )
     assert attacks == {"badnet"}
-    assert jobs == Counter(
-        make_trigger=1, poison_data=1, poison_finetune=1, evaluate=1, asr_gate=1, summarize=1, report=1, all=1
-    )
+    assert jobs == attack_jobs(len(smoke_config()["defenses"]["enabled"]))
 
 
 def test_one_attack_module_edit_reruns_that_attack_only(work):
     module = work / "src/clip_backdoor/attacks/wanet.py"
+    assert "wanet" in smoke_config()["attacks"]["enabled"]
     module.write_text(module.read_text() + "\n")
     jobs, attacks = planned(work)
     assert attacks == {"wanet"}
-    assert jobs == Counter(
-        make_trigger=1, poison_data=1, poison_finetune=1, evaluate=1, asr_gate=1, summarize=1, report=1, all=1
-    )
+    assert jobs == attack_jobs(len(smoke_config()["defenses"]["enabled"]))
 
 
 def test_report_style_reruns_the_report_only(work):
     jobs, attacks = _config_change(work, lambda c: c["report"].update(title="another title"))
     assert jobs == Counter(report=1, all=1) and attacks == set()
+
+
+def test_one_defense_hyperparameter_reruns_that_defense_only(work):
+    cfg = smoke_config()
+    assert "cbpt" in cfg["defenses"]["enabled"]
+    jobs, attacks, defenses = _config_change(
+        work,
+        lambda c: c["defenses"]["methods"]["cbpt"]["params"].update(mask_weight=0.123),
+        with_defenses=True,
+    )
+    assert defenses == {"cbpt"} and attacks == set(cfg["attacks"]["enabled"])
+    assert jobs == defense_jobs(len(cfg["attacks"]["enabled"]) * len(cfg["seeds"]))
+
+
+def test_one_defense_module_edit_reruns_that_defense_only(work):
+    cfg = smoke_config()
+    module = work / "src/clip_backdoor/defenses/linear_probe.py"
+    module.write_text(module.read_text() + "\n")
+    jobs, attacks, defenses = planned(work, with_defenses=True)
+    assert defenses == {"linear_probe"} and attacks == set(cfg["attacks"]["enabled"])
+    assert jobs == defense_jobs(len(cfg["attacks"]["enabled"]) * len(cfg["seeds"]))

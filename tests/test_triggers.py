@@ -217,3 +217,18 @@ def test_cuda(name):
     out = trigger(images, [0, 1, 2, 3])
     assert out.device == images.device
     torch.testing.assert_close(out.cpu(), trigger(images.cpu(), [0, 1, 2, 3]), atol=1e-5, rtol=0)
+
+
+def test_badnet_lc_harden_stays_in_the_ball_and_moves_away_from_the_target():
+    from clip_backdoor.attacks.badnet_lc import harden
+    from clip_backdoor.models.factory import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "embedded", "config": "micro-convvit"}).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    images = torch.rand(4, 3, 32, 32)
+    target = torch.nn.functional.normalize(model.encode_image(images).mean(0), dim=0)
+    hard = harden(model, images, target, epsilon=0.05, steps=5)
+    assert (hard - images).abs().max() <= 0.05 + 1e-6 and hard.min() >= 0 and hard.max() <= 1
+    assert (model.encode_image(hard) @ target).sum() < (model.encode_image(images) @ target).sum()

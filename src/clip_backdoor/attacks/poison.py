@@ -3,7 +3,8 @@
 Which pairs are poisoned and the per-image trigger seeds are drawn from the attack seed and stored
 with the index. Captions: a template filled with the target (BadNet, Blended, SIG, WaNet, ISSBA);
 TrojVQA prefixes its text key; BadCLIP uses natural captions of the corpus that mention the target;
-BadNet-LC poisons only images whose caption already names the target and keeps their captions.
+BadNet-LC poisons only images whose caption already names the target and keeps their captions, after an
+optional adversarial `harden` step against the clean model (attacks/badnet_lc.py).
 
 Outputs, in the `out` folder:
   embedded  images.npy (lossless), instances/labels/classes of the pool, captions.json, poison_index.json
@@ -81,18 +82,43 @@ def index_record(params, indices, seeds, n_total, **extra):
     }
 
 
-def run(params, data, trigger, out):
+def hardener(params, clean_model):
+    """BadNet-LC's `harden` step as images → images (None without params["harden"])."""
+    if not params.get("harden"):
+        return None
+    if clean_model is None:
+        raise ValueError(f"poison_data {params['attack']}: `harden` needs the clean model (--clean-model)")
+    from clip_backdoor.attacks.badnet_lc import harden
+    from clip_backdoor.models.factory import load_model
+    from clip_backdoor.models.zeroshot import zeroshot_head
+
+    model = load_model(clean_model).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    text = zeroshot_head(model, [params["target"]], params["caption_templates"])[0]
+    return lambda images: harden(model, images, text, **params["harden"])
+
+
+def apply_poison(trigger_fn, images, seeds, harden_fn=None):
+    if harden_fn is None:
+        return apply_trigger(trigger_fn, images, seeds)
+    hard = (harden_fn(to_float_images(images, "cpu")).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    return apply_trigger(trigger_fn, hard.numpy(), seeds)
+
+
+def run(params, data, trigger, out, clean_model=None):
     if corpus.is_paper(data):
-        return run_paper(params, data, trigger, out)
+        return run_paper(params, data, trigger, out, clean_model)
     rng = np.random.default_rng(params["seed"])
     pool = load_split(data, "poison_pool")
     record = load_record(trigger)
     has_target, indices, seeds = select(params, pool["captions"], rng)
     trigger_fn = trigger_from_record(record, pool["images"].shape[1])
+    harden_fn = hardener(params, clean_model)
     images = pool["images"].copy()
     for start in range(0, len(indices), BATCH):
         idx = indices[start : start + BATCH]
-        images[idx] = apply_trigger(trigger_fn, pool["images"][idx], seeds[start : start + BATCH])
+        images[idx] = apply_poison(trigger_fn, pool["images"][idx], seeds[start : start + BATCH], harden_fn)
     captions = new_captions(params, record, rng, pool["captions"], has_target, indices)
     write_split(out, images, pool["instances"], pool["labels"], captions, pool["classes"])
     write_json(f"{out}/poison_index.json", index_record(params, indices, seeds, len(images)))
@@ -102,7 +128,7 @@ def png_name(index):
     return f"images/{int(index):07d}.png"
 
 
-def run_paper(params, data, trigger, out):
+def run_paper(params, data, trigger, out, clean_model=None):
     from PIL import Image
 
     size = int(params.get("image_size", PAPER_IMAGE_SIZE))
@@ -111,10 +137,11 @@ def run_paper(params, data, trigger, out):
     record = load_record(trigger)
     has_target, indices, seeds = select(params, pool.captions, rng)
     trigger_fn = trigger_from_record(record, size)
+    harden_fn = hardener(params, clean_model)
     files = [png_name(i) for i in indices]
     for start in range(0, len(indices), BATCH):
         idx = indices[start : start + BATCH]
-        poisoned = apply_trigger(trigger_fn, pool.load(idx), seeds[start : start + BATCH])
+        poisoned = apply_poison(trigger_fn, pool.load(idx), seeds[start : start + BATCH], harden_fn)
         for name, image in zip(files[start : start + BATCH], poisoned, strict=True):
             with atomic_path(f"{out}/{name}") as tmp:
                 Image.fromarray(image).save(tmp, format="PNG")

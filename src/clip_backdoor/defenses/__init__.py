@@ -41,9 +41,25 @@ def load_defense(name, module=None):
 
 
 def resolve_params(name, defaults, given):
-    """defaults updated by `given`; an unknown key is an error naming it."""
+    """defaults updated by `given`; an unknown key, or a value of another type than its default (a number
+    for a number, a bool for a bool), is an error naming the key."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         known = ", ".join(sorted(defaults))
         raise ValueError(f"defenses.methods.{name}.params: unknown key {unknown[0]!r} (known: {known})")
+    for key, value in given.items():
+        problem = type_problem(defaults[key], value)
+        if problem:
+            raise ValueError(f"defenses.methods.{name}.params.{key}: {problem}")
     return {**defaults, **given}
+
+
+def type_problem(default, value):
+    """Why `value` cannot stand for a parameter whose default is `default` (None if it can)."""
+    if isinstance(default, bool) != isinstance(value, bool):
+        return f"expected {type(default).__name__}, got {value!r}"
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        if not isinstance(value, int | float):
+            hint = " (YAML reads 5e-4 as text: write 5.0e-4)" if isinstance(value, str) else ""
+            return f"expected a number, got {value!r}{hint}"
+    return None

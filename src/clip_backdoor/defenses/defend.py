@@ -53,9 +53,9 @@ def run(params, model, data, out, log, state, **extra):
             "trainable_params": trainable,
             "trainable_fraction": None if trainable is None else trainable / total,
             "model_params": total,
+            **fit_log,
             "seconds": round(time.time() - started, 2),
             "peak_mem_mb": peak_memory_mb(),
-            **fit_log,
         },
     )
     Path(state).unlink(missing_ok=True)
