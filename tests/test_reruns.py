@@ -84,7 +84,7 @@ def test_one_defense_hyperparameter_reruns_that_defense_only(work):
     assert "cbpt" in cfg["defenses"]["enabled"]
     jobs, attacks, defenses = _config_change(
         work,
-        lambda c: c["defenses"]["methods"]["cbpt"]["params"].update(mask_weight=0.123),
+        lambda c: c["defenses"]["methods"]["cbpt"]["params"].update(inv_mask_weight=0.123),
         with_defenses=True,
     )
     assert defenses == {"cbpt"} and attacks == set(cfg["attacks"]["enabled"])

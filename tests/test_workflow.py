@@ -18,7 +18,11 @@ def test_smoke_run_produces_metrics_summary_and_report(smoke_run):
         assert key in metrics
     assert 0 <= metrics["ca"] <= 1 and metrics["n_clean"] == 32
     summary = pd.read_csv(smoke_run / "results/smoke/summary.csv")
-    assert sorted(summary["attack"]) == ["badnet", "clean", "trojvqa", "wanet"]
+    cfg = yaml.safe_load((smoke_run / "configs/smoke.yaml").read_text())
+    rows = {(a, d) for a, d in zip(summary["attack"], summary["defense"], strict=True)}
+    attacks, defenses = cfg["attacks"]["enabled"], ["none", *cfg["defenses"]["enabled"]]
+    assert rows == {("clean", "none")} | {(a, d) for a in attacks for d in defenses}
+    assert len(summary) == len(rows)
     html = (smoke_run / "report/smoke/index.html").read_text()
     assert "Clean model" in html and "data:image/png;base64" in html
     for stem in ("clean_accuracy", "training_curves", "attacks_no_defense", "trigger_gallery"):
