@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# GPU jobs are limited to the visible GPUs; without one they run on the CPU, as many side by side as the
+# cores allow (a `gpu=1` limit there would serialise every training job onto one core).
+GPUS ?= $(shell nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+GPU_LIMIT = $(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS),)
+
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1 --keep-going all
+	$(VENV)/bin/snakemake --cores $(CORES) $(GPU_LIMIT) --keep-going all
 
 # The report tests open the HTML page in headless Chromium (Debian's package; skipped if it cannot install).
 browser:

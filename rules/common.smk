@@ -185,9 +185,15 @@ def state_path(checkpoint):
 
 
 def final_checkpoints():
-    """The final checkpoints of the run: the clean model, and per attack its trigger record and model."""
+    """The final checkpoints of the run: the clean model, per attack its trigger record and model, the
+    defense states and the oracle's segmenter."""
     attacks = [f"{CKPT_DIR}/attacks/{a}/{name}.pt" for a in attack_names() for name in ("trigger", "model")]
-    return [f"{CKPT_DIR}/clean.pt", *attacks]
+    defenses = [defense_state(d, a, df, s) for d in dataset_names() for a in attack_names()
+                for df in defense_names() for s in config["seeds"]]  # fmt: skip
+    # a trained segmenter lives in checkpoints/<run>/oracle; FastSAM's file is the user's own weights path
+    oracle = [DEFENSE_INPUTS["segmenter"]] if any(
+        "segmenter" in module_literals(df)[1] for df in defense_names()) else []  # fmt: skip
+    return [f"{CKPT_DIR}/clean.pt", *attacks, *defenses, *oracle]
 
 
 def dvc_pointers():
