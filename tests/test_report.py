@@ -63,14 +63,14 @@ def metric(dataset, attack, defense, seed, asr):
     return row
 
 
-def embedded_data(root):
-    """A downstream test split of the embedded layout (4 classes, 8 px images)."""
+def embedded_data(root, size=16):
+    """A downstream test split of the embedded layout (4 classes, `size` px images)."""
     rng = np.random.default_rng(0)
     split = root / "downstream_test"
     split.mkdir(parents=True)
     labels = np.repeat(np.arange(len(CLASSES)), 3)
-    np.save(split / "images.npy", rng.integers(0, 255, (len(labels), 16, 16, 3), dtype=np.uint8))
-    np.save(split / "instances.npy", np.zeros((len(labels), 16, 16), dtype=np.uint8))
+    np.save(split / "images.npy", rng.integers(0, 255, (len(labels), size, size, 3), dtype=np.uint8))
+    np.save(split / "instances.npy", np.zeros((len(labels), size, size), dtype=np.uint8))
     np.save(split / "labels.npy", labels)
     (split / "captions.json").write_text(json.dumps([""] * len(labels)))
     (split / "classes.json").write_text(json.dumps(CLASSES))
@@ -376,3 +376,36 @@ def test_paper_run_places_published_numbers(tmp_path):
     assert cells["RVPT"] == "0.1 (90.0) | paper 0.05 (62.76)"
     assert cells["Linear probe"].startswith("not run | paper 3.05")
     assert notes.published_tables(pd.DataFrame(rows), {"data": {"kind": "embedded"}}, ["rvpt"]) == []
+
+
+def test_perturbation_resistivity_figure_from_prompt_states(tmp_path):
+    from clip_backdoor.models.factory import build_model, save_model
+    from clip_backdoor.report import artefacts, figures
+
+    torch.manual_seed(0)
+    model = build_model({"kind": "embedded", "config": "micro-convvit"})
+    save_model(tmp_path / "attacks" / "badnet" / "model.pt", model)
+    record = tmp_path / "attacks" / "badnet" / "trigger.pt"
+    save_record(record, "badnet", {"patch_size": 8}, {}, text_key="")
+    embedded_data(tmp_path / "data", size=32)
+    layers, width = len(model.clip.visual.transformer.resblocks), model.clip.visual.transformer.width
+    states = {}
+    for defense, depth in (("rvpt", 0), ("vpt", 1)):
+        path = tmp_path / "defenses" / "shapes4" / "badnet" / defense / "seed0.pt"
+        prompts = torch.randn(layers - depth, 2, width)
+        save_checkpoint(path, {"state": {"prompts": prompts, "depth": depth, "tokens": 2}})
+        states.update(artefacts.load_states([str(path)]))
+    assert states[("shapes4", "badnet", "rvpt", 0)]["report"] == {}
+    dataset = {"name": "shapes4", "kind": "embedded", "target": "star"}
+    model_path = str(tmp_path / "attacks" / "badnet" / "model.pt")
+    items = artefacts.resistivity_items(states, [str(record)], [model_path], tmp_path / "data", dataset, 6)
+    assert [item["attack"] for item in items] == ["badnet"]
+    curves = items[0]["curves"]
+    assert set(curves) == {"none", "rvpt", "vpt"} and all(len(c) == layers for c in curves.values())
+    assert all(-1 <= v <= 1 for c in curves.values() for v in c)
+    assert curves["none"] != curves["rvpt"]
+    figures.apply_style()
+    png = figures.perturbation_resistivity(items, tmp_path / "figures")
+    assert png == "rvpt_perturbation_resistivity.png"
+    assert (tmp_path / "figures" / "rvpt_perturbation_resistivity.pdf").stat().st_size > 0
+    assert figures.perturbation_resistivity([], tmp_path / "figures") is None

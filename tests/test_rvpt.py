@@ -174,3 +174,36 @@ def test_prompts_are_replaced_at_every_prompted_block():
         feat, got = prompted(x)
     assert torch.allclose(feat, expected, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, cls, strict=True))
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_cls_per_block_matches_the_prompted_pass(encoder):
+    visual = ENCODERS[encoder]()
+    x = torch.randn(3, 3, 32, 32)
+    prompted = PromptedVisual(visual, 1, 2, init_std=1.0, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        every = prompted.cls_per_block(x)
+        _, cls = prompted(x)
+        plain = prompted.cls_per_block(x, prompts=False)
+        _, frozen = prompted(x, prompts=False)
+    assert every.shape == (len(visual.transformer.resblocks), 3, visual.transformer.width)
+    assert torch.allclose(every[1:], torch.stack(cls), atol=1e-5)
+    assert torch.allclose(plain[1:], torch.stack(frozen), atol=1e-5)
+    assert torch.allclose(every[0], plain[0], atol=1e-6)  # block 1 is not prompted
+
+
+def test_perturbation_resistivity_is_one_without_perturbation_and_lower_with_one():
+    model = build_model({"kind": "embedded", "config": "micro-convvit"}).eval()
+    layers, width = len(model.clip.visual.transformer.resblocks), model.clip.visual.transformer.width
+    state = {"prompts": torch.randn(layers - 1, 2, width), "depth": 1, "tokens": 2}
+    clean = torch.rand(6, 3, 32, 32)
+    same = rvpt.perturbation_resistivity(model, state, clean, clean.clone())
+    assert len(same) == layers and np.allclose(same, 1.0, atol=1e-5)
+    triggered = 1.0 - clean  # an untrained encoder's CLS barely moves under a small patch
+    for prompts in (True, False):
+        pr = rvpt.perturbation_resistivity(model, state, clean, triggered, prompts=prompts)
+        assert all(-1 <= v < 1 - 1e-5 for v in pr), pr
+    assert not np.allclose(
+        rvpt.perturbation_resistivity(model, state, clean, triggered),
+        rvpt.perturbation_resistivity(model, state, clean, triggered, prompts=False),
+    )

@@ -132,6 +132,23 @@ def final_similarity(prompted, base, frozen_cls, frozen_feat, chunk=256):
     }
 
 
+@torch.no_grad()
+def perturbation_resistivity(model, state, clean, triggered, prompts=True, chunk=256):
+    """PR per block (the paper's Fig. 1): mean over images of cos(CLS of x, CLS of x + δ) after each block of
+    the image tower, with `state`'s prompts, or of the undefended encoder with prompts=False. Images in
+    [0,1]; for the report only (the defense never sees the trigger)."""
+    model.eval()
+    visual = model.clip.visual
+    prompted = PromptedVisual(visual, int(state["depth"]), int(state["tokens"]), 0.0)
+    prompted.prompts.data.copy_(state["prompts"].to(prompted.prompts.device))
+    sims = []
+    for x, y in zip(clean.split(chunk), triggered.split(chunk), strict=True):
+        a = prompted.cls_per_block(model.normalize(x), prompts)
+        b = prompted.cls_per_block(model.normalize(y), prompts)
+        sims.append(F.cosine_similarity(a, b, dim=-1))
+    return torch.cat(sims, dim=1).mean(1).tolist()
+
+
 def state_of(prompted):
     return {"prompts": prompted.prompts.detach().cpu(), "depth": prompted.depth, "tokens": prompted.tokens}
 

@@ -77,6 +77,18 @@ class PromptedVisual(nn.Module):
         tokens, cls = self.run_blocks(self.embed(x), prompts=prompts)
         return self.project(tokens), cls
 
+    def cls_per_block(self, x, prompts=True):
+        """Normalised images → CLS token after every block (all L, prompted or not) [L,B,W]."""
+        x, blocks, out = self.embed(x), self.visual.transformer.resblocks, []
+        n = x.shape[1]
+        for i in range(len(blocks)):
+            if i >= self.depth and prompts and self.tokens:
+                p = self.prompts[i - self.depth].to(x.dtype)
+                x = torch.cat([x[:, :n], p.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
+            x = blocks[i](x, attn_mask=None)
+            out.append(x[:, 0])
+        return torch.stack(out)
+
     def split(self, x):
         """Tokens after the unprompted blocks, shared by the prompted and the frozen pass."""
         x = self.embed(x)

@@ -69,15 +69,15 @@ def optional(module, name):
 
 
 def load_states(states):
-    """{(dataset, attack, defense, seed): state dict} of the defense states that carry a "report"."""
+    """{(dataset, attack, defense, seed): state dict} of the defense states ("report" defaults to {})."""
     from clip_backdoor.runtime.io import load_checkpoint
 
     found = {}
     for path in as_list(states):
         payload = load_checkpoint(path)
         state = payload.get("state", {}) if isinstance(payload, dict) else {}
-        if isinstance(state, dict) and isinstance(state.get("report"), dict):
-            found[defense_key(path)] = state
+        if isinstance(state, dict):
+            found[defense_key(path)] = {**state, "report": state.get("report") or {}}
     return found
 
 
@@ -137,6 +137,39 @@ def inverted_trigger_items(states, triggers, models, data, dataset, n_images):
                 "cosine": cosine,
             }
         )
+    return items
+
+
+def resistivity_items(states, triggers, models, data, dataset, n_images):
+    """Per attack with a prompt-tuning state (RVPT/VPT: "prompts" and "depth"), the perturbation resistivity
+    per block of the undefended poisoned encoder and of each prompted one, on `n_images` clean test images
+    and their triggered versions: [{attack, curves: {label: [PR per block]}}]."""
+    from clip_backdoor.attacks.record import load_record, trigger_from_record
+
+    pr_fn = optional("clip_backdoor.defenses.rvpt", "perturbation_resistivity")
+    records = {attack_of(p): p for p in as_list(triggers)}
+    model_paths = {attack_of(p): p for p in as_list(models)}
+    by_attack = {}
+    for (ds, attack, defense, _), state in sorted(states.items()):
+        if ds == dataset["name"] and "prompts" in state and "depth" in state and attack in records:
+            by_attack.setdefault(attack, {}).setdefault(defense, state)
+    if pr_fn is None or not by_attack:
+        return []
+    from clip_backdoor.models.factory import load_model
+
+    images = test_images(data, dataset, n_images)
+    items = []
+    for attack, found in sorted(by_attack.items()):
+        if attack not in model_paths:
+            continue
+        trigger = trigger_from_record(load_record(records[attack]), images.shape[-1])
+        triggered = trigger(images, list(range(len(images))))
+        model = load_model(model_paths[attack], map_location="cpu").eval()
+        first = next(iter(found.values()))
+        curves = {"none": pr_fn(model, first, images, triggered, prompts=False)}
+        for defense, state in found.items():
+            curves[defense] = pr_fn(model, state, images, triggered)
+        items.append({"attack": attack, "curves": curves})
     return items
 
 

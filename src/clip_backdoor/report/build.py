@@ -234,6 +234,10 @@ def run(
             states, triggers, models, data, datasets[0], style.get("cosine_images", 200)
         )
         pngs.append(figures.inverted_triggers(items, fig_dir))
+        items = artefacts.resistivity_items(
+            states, triggers, models, data, datasets[0], style.get("cosine_images", 200)
+        )
+        pngs.append(figures.perturbation_resistivity(items, fig_dir))
     pngs.append(
         figures.oracle_localisations(
             artefacts.localisation_items(states, datasets[0]["name"], style.get("oracle_examples", 2)),

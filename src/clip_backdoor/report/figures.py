@@ -298,6 +298,30 @@ def inverted_triggers(items, out_dir):
     return save(fig, out_dir, "cbpt_inverted_triggers")
 
 
+def perturbation_resistivity(items, out_dir):
+    """items: [{attack, curves: {"none" | defense: [PR per block]}}], one panel per attack."""
+    if not items:
+        return None
+    cols = min(4, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(items) :]:
+        ax.set_visible(False)
+    for ax, item in zip(axes.flat, items, strict=False):
+        for i, (name, curve) in enumerate(item["curves"].items()):
+            label = "no defense" if name == "none" else defense_label(name)
+            blocks = np.arange(1, len(curve) + 1)
+            ax.plot(blocks, curve, marker=MARKERS[i % len(MARKERS)], color=colour(i), label=label, ms=3)
+        ax.set_title(attack_label(item["attack"]), fontsize=8)
+        ax.set_xticks(np.arange(1, len(curve) + 1))
+        ax.set_xlabel("block")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("PR = cos(clean, triggered)")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save(fig, out_dir, "rvpt_perturbation_resistivity")
+
+
 def segment_overlay(image, masks):
     """The image with each segment tinted in its own palette colour."""
     out = as_image(image).copy()
