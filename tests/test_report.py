@@ -229,6 +229,7 @@ def test_main_table_cells_bold_and_seeds(report):
     assert rows["Oracle (EftCLIP)"]["SIG"] == "not run"
     assert rows["RVPT"]["n"] == "3" and rows["Oracle (EftCLIP)"]["Avg"] == "not run"
     assert rows["RVPT"]["Avg"] == "5.3"  # mean of 2, 12, 2
+    assert rows["Linear probe"]["Avg"] == "25.0*"  # BadNet 0 and SIG 50; TrojVQA n/a
     numeric = pd.read_csv(report / "tables" / "main_numeric.csv")
     cell = numeric[(numeric["defense"] == "rvpt") & (numeric["attack"] == "badnet")].iloc[0]
     assert cell["asr_count"] == 3 and cell["asr_mean"] == pytest.approx(0.02)

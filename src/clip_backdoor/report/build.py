@@ -126,7 +126,8 @@ def main_tables(summary, config, attacks, defenses, table_dir):
         rename = {tables.attack_label(a): tables.attack_label(a) + " †" for a in weak}
         caption = (
             f"{dataset}: ASR % (CA %) per defense and attack, mean ± std over n seeds; lowest ASR per column "
-            "in bold; n/a: the defense cannot take the attack's evaluation (text key). "
+            "in bold; n/a: the defense cannot take the attack's evaluation (text key); Avg: mean over "
+            "attacks, * over the attacks it applies to. "
             f"Clean model CA: {clean_text}%."
         )
         if weak:

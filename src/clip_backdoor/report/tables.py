@@ -68,15 +68,23 @@ def metric_cell(rows, primary, secondary=None):
     return f"{text} ({mean_std(rows[secondary])})" if secondary else text
 
 
+def average_cell(scores, missing):
+    """Mean over attacks; 'not run' if a cell was not run, '*' when n/a cells are left out of the mean."""
+    if missing or scores.isna().all():
+        return NOT_RUN
+    return f"{100 * scores.mean():.1f}" + ("*" if scores.isna().any() else "")
+
+
 def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca", lower_is_better=True):
     """Rows defenses (none first), columns attacks, plus Avg and n; returns (cells, bold)."""
     frame = summary[summary["dataset"] == dataset]
-    cells, bold, means = {}, {}, {}
+    cells, bold, means, missing = {}, {}, {}, {}
     for attack in attacks:
         column, scores = [], []
         for defense in ["none", *defenses]:
             rows = frame[(frame["attack"] == attack) & (frame["defense"] == defense)]
             column.append(metric_cell(rows, primary, secondary))
+            missing[defense] = missing.get(defense, False) or rows.empty
             value = pd.to_numeric(rows[primary], errors="coerce").mean() if not rows.empty else float("nan")
             scores.append(value)
         best = pd.Series(scores).min() if lower_is_better else pd.Series(scores).max()
@@ -87,8 +95,8 @@ def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca
         means[attack] = scores
     rows = ["none", *defenses]
     table = pd.DataFrame(cells)
-    averages = pd.DataFrame(means).mean(axis=1, skipna=False)
-    table["Avg"] = [NOT_RUN if pd.isna(v) else f"{100 * v:.1f}" for v in averages]
+    scores = pd.DataFrame(means, index=rows)
+    table["Avg"] = [average_cell(scores.loc[d], missing[d]) for d in rows]
     table.insert(0, "Defense", [defense_label(d) for d in rows])
     table["n"] = [
         seed_count(
