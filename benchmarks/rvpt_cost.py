@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+import yaml
 
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.defenses import rvpt
@@ -21,8 +22,9 @@ from clip_backdoor.defenses.interface import DefenseContext
 from clip_backdoor.models.factory import build_model, load_model
 from clip_backdoor.models.visual_prompts import PromptedVisual, count_prompt_parameters
 
-CLASSES = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "ring", "hexagon", "crescent"]
-EMBEDDED = {"depth": 0, "tokens": 16, "alpha": 0.5, "alpha_proj": 2.0, "lr": 0.01, "epochs": 50}
+CONFIG = yaml.safe_load(Path("config.yaml").read_text())
+CLASSES = CONFIG["data"]["embedded"]["downstream_classes"]
+EMBEDDED = CONFIG["defenses"]["methods"]["rvpt"]["params"]  # the embedded default's RVPT settings
 
 
 def fraction(clip, depth, tokens):
@@ -61,7 +63,7 @@ def main(path="checkpoints/synthetic/attacks/badnet/model.pt"):
     )
     model.eval()
     rng = np.random.default_rng(0)
-    n = 16 * len(CLASSES)
+    n = CONFIG["defenses"]["shots"] * len(CLASSES)
     shots = ArrayDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % len(CLASSES))
     ctx = DefenseContext(
         model=model,
@@ -91,7 +93,8 @@ def main(path="checkpoints/synthetic/attacks/badnet/model.pt"):
         f"| RVPT fit (embedded defaults) | {fit_seconds:.1f} s |\n"
         f"| plain forward+backward of the image tower, same images × epochs | {plain:.1f} s |\n"
         f"| ratio | {fit_seconds / plain:.2f} |\n"
-        f"| trainable, embedded (depth 0, 16 tokens) | {emb[0]} = {emb[1]:.3f}% of CLIP, "
+        f"| trainable, embedded (depth {params['depth']}, {params['tokens']} tokens) | {emb[0]} = "
+        f"{emb[1]:.3f}% of CLIP, "
         f"{emb[2]:.3f}% of the image tower |\n"
         f"| trainable, ViT-B/32 (depth 3, 50 tokens) | {vit[0]} = {vit[1]:.3f}% of CLIP, "
         f"{vit[2]:.3f}% of the image tower (paper: 0.27%) |\n"

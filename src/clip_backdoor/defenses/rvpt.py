@@ -138,9 +138,7 @@ def perturbation_resistivity(model, state, clean, triggered, prompts=True, chunk
     the image tower, with `state`'s prompts, or of the undefended encoder with prompts=False. Images in
     [0,1]; for the report only (the defense never sees the trigger)."""
     model.eval()
-    visual = model.clip.visual
-    prompted = PromptedVisual(visual, int(state["depth"]), int(state["tokens"]), 0.0)
-    prompted.prompts.data.copy_(state["prompts"].to(prompted.prompts.device))
+    prompted = prompted_from_state(model.clip.visual, state)
     sims = []
     for x, y in zip(clean.split(chunk), triggered.split(chunk), strict=True):
         a = prompted.cls_per_block(model.normalize(x), prompts)
@@ -153,11 +151,14 @@ def state_of(prompted):
     return {"prompts": prompted.prompts.detach().cpu(), "depth": prompted.depth, "tokens": prompted.tokens}
 
 
-def load_prompted(ctx, state):
-    visual = ctx.model.clip.visual
+def prompted_from_state(visual, state):
     prompted = PromptedVisual(visual, int(state["depth"]), int(state["tokens"]), 0.0)
     prompted.prompts.data.copy_(state["prompts"])
     return prompted.requires_grad_(False)
+
+
+def load_prompted(ctx, state):
+    return prompted_from_state(ctx.model.clip.visual, state)
 
 
 def classifier(ctx, state, text_prefix):

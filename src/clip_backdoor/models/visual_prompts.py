@@ -44,9 +44,10 @@ class PromptedVisual(nn.Module):
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         return v.ln_pre(v.patch_dropout(x))
 
-    def run_blocks(self, x, start=0, prompts=True):
+    def run_blocks(self, x, start=0, prompts=True, every_block=False):
         """Blocks `start`..L−1 on [B,N,W] tokens; returns (final tokens without prompts, CLS after each
-        prompted block). prompts=False runs the frozen encoder (still collecting the same layers' CLS)."""
+        prompted block, or after every block with every_block). prompts=False runs the frozen encoder
+        (still collecting the same blocks' CLS)."""
         blocks = self.visual.transformer.resblocks
         n, cls = x.shape[1], []
         for i in range(start, len(blocks)):
@@ -54,7 +55,7 @@ class PromptedVisual(nn.Module):
                 p = self.prompts[i - self.depth].to(x.dtype)
                 x = torch.cat([x[:, :n], p.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
             x = blocks[i](x, attn_mask=None)
-            if i >= self.depth:
+            if every_block or i >= self.depth:
                 cls.append(x[:, 0])
         return x[:, :n], cls
 
@@ -79,15 +80,7 @@ class PromptedVisual(nn.Module):
 
     def cls_per_block(self, x, prompts=True):
         """Normalised images → CLS token after every block (all L, prompted or not) [L,B,W]."""
-        x, blocks, out = self.embed(x), self.visual.transformer.resblocks, []
-        n = x.shape[1]
-        for i in range(len(blocks)):
-            if i >= self.depth and prompts and self.tokens:
-                p = self.prompts[i - self.depth].to(x.dtype)
-                x = torch.cat([x[:, :n], p.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
-            x = blocks[i](x, attn_mask=None)
-            out.append(x[:, 0])
-        return torch.stack(out)
+        return torch.stack(self.run_blocks(self.embed(x), prompts=prompts, every_block=True)[1])
 
     def split(self, x):
         """Tokens after the unprompted blocks, shared by the prompted and the frozen pass."""

@@ -95,8 +95,8 @@ def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca
         means[attack] = scores
     rows = ["none", *defenses]
     table = pd.DataFrame(cells)
-    scores = pd.DataFrame(means, index=rows)
-    table["Avg"] = [average_cell(scores.loc[d], missing[d]) for d in rows]
+    per_defense = pd.DataFrame(means, index=rows)
+    table["Avg"] = [average_cell(per_defense.loc[d], missing[d]) for d in rows]
     table.insert(0, "Defense", [defense_label(d) for d in rows])
     table["n"] = [
         seed_count(
