@@ -96,3 +96,36 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     ):
         assert torch.allclose(a, b, atol=1e-6), name
     assert log_a["epoch_loss"] == pytest.approx(log_b["epoch_loss"], abs=1e-6)
+
+
+def test_text_lr_scale_groups_the_text_tower():
+    model = build_model(MICRO)
+    groups = training.param_groups(model.clip, 0.1, text_lr_scale=0.25)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert len(scale_of) == sum(1 for _ in model.clip.parameters())
+    assert all(scale_of[id(p)] == 1.0 for p in model.clip.visual.parameters())
+    assert scale_of[id(model.clip.token_embedding.weight)] == 0.25
+    assert scale_of[id(model.clip.text_projection)] == 0.25
+    assert scale_of[id(model.clip.logit_scale)] == 1.0
+    assert {g["lr_scale"] for g in training.param_groups(model.clip, 0.1)} == {1.0}
+    assert {g["lr_scale"] for g in training.param_groups(model.clip.visual, 0.1, 0.25)} == {1.0}
+
+
+def test_text_lr_scale_slows_only_the_text_tower(tmp_path):
+    def moved(scale):
+        seed_everything(0)
+        model = build_model(MICRO)
+        before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, size=(32, 32, 32, 3), dtype=np.uint8)
+        captions = [f"a photo of a {['circle', 'star'][i % 2]}." for i in range(32)]
+        hp = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0,
+              "save_every_epochs": 1, "seed": 0, "text_lr_scale": scale}  # fmt: skip
+        training.train_contrastive(model, images, captions, hp, tmp_path / f"{scale}.state", "cpu")
+        after = model.clip.state_dict()
+        keys = ("token_embedding.weight", "visual.proj")
+        return {k: (after[k] - before[k]).abs().max().item() for k in keys}
+
+    full, slow = moved(1.0), moved(0.01)
+    assert slow["token_embedding.weight"] < 0.1 * full["token_embedding.weight"]
+    assert slow["visual.proj"] > 0.5 * full["visual.proj"]

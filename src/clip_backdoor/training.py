@@ -26,17 +26,24 @@ from tqdm import tqdm
 from clip_backdoor.runtime.io import load_checkpoint, save_checkpoint
 
 
-def param_groups(module, weight_decay):
-    """AdamW groups: no weight decay on norms, biases, embeddings' scalars and the logit scale."""
-    decay, no_decay = [], []
+def param_groups(module, weight_decay, text_lr_scale=1.0):
+    """AdamW groups: no weight decay on norms, biases, embeddings' scalars and the logit scale. When
+    `module` is a whole CLIP, its text tower's groups carry `lr_scale` = text_lr_scale."""
+    text = set()
+    if text_lr_scale != 1.0 and hasattr(module, "visual"):
+        visual = {id(p) for p in module.visual.parameters()}
+        text = {id(p) for n, p in module.named_parameters() if id(p) not in visual and "logit_scale" not in n}
+    groups = {(decay, scale): [] for decay in (True, False) for scale in (1.0, text_lr_scale)}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or "logit_scale" in name or "ln" in name or "bn" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (param.ndim < 2 or "logit_scale" in name or "ln" in name or "bn" in name)
+        groups[decay, text_lr_scale if id(param) in text else 1.0].append(param)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in groups.items()
+        if params
+    ]
 
 
 def cosine_lr(step, total, base_lr, warmup):
@@ -75,8 +82,10 @@ def epoch_batches(n, batch, seed, epoch, steps_per_epoch):
     return [order[b * batch : (b + 1) * batch] for b in range(steps_per_epoch)]
 
 
-def make_optimizer(params, lr, weight_decay, device):
-    groups = param_groups(params, weight_decay) if isinstance(params, torch.nn.Module) else params
+def make_optimizer(params, lr, weight_decay, device, text_lr_scale=1.0):
+    groups = (
+        param_groups(params, weight_decay, text_lr_scale) if isinstance(params, torch.nn.Module) else params
+    )
     try:
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
@@ -90,7 +99,8 @@ def train_contrastive(
     """Contrastive training of `model` (a ClipModel) on uint8 images [N,H,W,3] and their captions, or on
     a Dataset of (image [3,H,W], caption) pairs (then `captions` is unused and may be None).
 
-    hp: epochs, batch_size, lr, weight_decay, warmup_steps, save_every_epochs, seed; optional amp.
+    hp: epochs, batch_size, lr, weight_decay, warmup_steps, save_every_epochs, seed; optional amp and
+    text_lr_scale (the text tower's lr as a fraction of hp["lr"], default 1).
     num_workers: DataLoader worker processes (Dataset corpus only).
     loss_fn(model, image_batch, token_batch) overrides the plain CLIP loss (CleanCLIP uses it).
     trainable: the nn.Module whose parameters are optimised (default: the whole CLIP).
@@ -99,7 +109,7 @@ def train_contrastive(
     state_path = Path(state_path)
     model.to(device).train()
     trainable = trainable if trainable is not None else model.clip
-    optimizer = make_optimizer(trainable, hp["lr"], hp["weight_decay"], device)
+    optimizer = make_optimizer(trainable, hp["lr"], hp["weight_decay"], device, hp.get("text_lr_scale", 1.0))
     arrays = is_array_corpus(images)
     tokens = model.tokenize(captions) if arrays else None
     amp = bool(hp.get("amp", False))
@@ -133,7 +143,7 @@ def train_contrastive(
         if augment is not None:
             x = augment(x, hp["seed"] * 1_000_003 + step)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, total, hp["lr"], hp["warmup_steps"])
+            group["lr"] = cosine_lr(step, total, hp["lr"], hp["warmup_steps"]) * group.get("lr_scale", 1.0)
         if scaler is None:
             loss = loss_fn(model, x, token_batch)
             optimizer.zero_grad(set_to_none=True)
