@@ -4,7 +4,7 @@
 
 It reads the run's data, clean model and trigger (run `make run` first), writes into a scratch folder
 (never into the run's outputs; `--keep DIR` keeps the fine-tuned model there) and appends one JSON line
-per run to benchmarks/attack_sweep.jsonl with CA, ASR and the clean/star accuracy split.
+per run to benchmarks/attack_tuning/finetune.jsonl with CA and ASR.
 """
 
 import argparse
@@ -48,7 +48,7 @@ def main():
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="folder to keep the fine-tuned model in")
-    parser.add_argument("--out", default="benchmarks/attack_sweep.jsonl")
+    parser.add_argument("--out", default="benchmarks/attack_tuning/finetune.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())

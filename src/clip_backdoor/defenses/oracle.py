@@ -70,7 +70,7 @@ PARAMS = {
         "an image of a {}.",
         "a picture of a {}.",
     ],
-    "trainable": "visual",
+    "trainable": "all",
     "epochs": 10,
     "batch_size": 32,
     "lr": 0.0004,
