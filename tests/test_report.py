@@ -295,6 +295,7 @@ def test_html_notes_and_victims(report):
     assert "Reconstructions and deviations" in page and "mask_weight" in page
     assert "Comparison with the papers" not in page  # an embedded run has no published numbers
     assert 'src="http' not in page and "<link" not in page  # self-contained
+    assert "Deviation: the poisoned fine-tune of BadNet trains the text tower" in page  # not SIG, TrojVQA
     victims = pd.read_csv(report / "tables" / "oracle_victims.csv")
     assert set(victims["attack"]) == {"badnet", "trojvqa"}  # the oracle never ran against SIG
     assert len(victims) == 2 * len(SEEDS) and (victims["victims"] == 3).all()

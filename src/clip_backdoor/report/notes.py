@@ -84,6 +84,19 @@ def scale_notes(config):
             "Paper profile: the papers' models, data and budgets; deviations are listed per defense."
         )
     methods = attacks.get("methods", {})
+    slowed = [
+        attack_label(a)
+        for a in attacks["enabled"]
+        if methods.get(a, {})
+        .get("finetune", {})
+        .get("text_lr_scale", attacks["finetune"].get("text_lr_scale", 1))
+        != 1
+    ]
+    if slowed:
+        notes.append(
+            f"Deviation: the poisoned fine-tune of {', '.join(slowed)} trains the text tower at a fraction "
+            "of the lr (<code>text_lr_scale</code>), where the papers use one lr for both towers."
+        )
     rows = "".join(
         f"<tr><td>{attack_label(a)}</td><td><code>{html.escape(flow_yaml(methods.get(a, {})))}</code></td>"
         "</tr>"
