@@ -84,14 +84,10 @@ def scale_notes(config):
             "Paper profile: the papers' models, data and budgets; deviations are listed per defense."
         )
     methods = attacks.get("methods", {})
-    slowed = [
-        attack_label(a)
-        for a in attacks["enabled"]
-        if methods.get(a, {})
-        .get("finetune", {})
-        .get("text_lr_scale", attacks["finetune"].get("text_lr_scale", 1))
-        != 1
-    ]
+    finetune = {
+        a: {**attacks["finetune"], **methods.get(a, {}).get("finetune", {})} for a in attacks["enabled"]
+    }
+    slowed = [attack_label(a) for a, hp in finetune.items() if hp.get("text_lr_scale", 1) != 1]
     if slowed:
         notes.append(
             f"Deviation: the poisoned fine-tune of {', '.join(slowed)} trains the text tower at a fraction "
