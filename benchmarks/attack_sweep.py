@@ -21,6 +21,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from clip_backdoor.attacks import finetune, poison  # noqa: E402
+from clip_backdoor.attacks.record import load_record  # noqa: E402
 from clip_backdoor.evaluation import evaluate  # noqa: E402
 
 
@@ -48,6 +49,7 @@ def main():
     parser.add_argument("--config", default="config.yaml")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="folder to keep the fine-tuned model in")
+    parser.add_argument("--trigger", default=None, help="trigger record (default: the run's, for the attack)")
     parser.add_argument("--out", default="benchmarks/attack_tuning/finetune.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,7 +58,7 @@ def main():
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     poison_p, finetune_p = settings(config, args.attack, overrides)
     ckpt, data = Path("checkpoints") / run, f"data/{run}"
-    trigger = str(ckpt / "attacks" / args.attack / "trigger.pt")
+    trigger = args.trigger or str(ckpt / "attacks" / args.attack / "trigger.pt")
     with tempfile.TemporaryDirectory() as scratch:
         started = time.time()
         poison.run(poison_p, data, trigger, f"{scratch}/corpus", clean_model=str(ckpt / "clean.pt"))
@@ -74,6 +76,7 @@ def main():
     row = {
         "attack": args.attack,
         "overrides": overrides,
+        "trigger": load_record(trigger)["params"] if args.trigger else None,
         "n_poison": poison_p["n_poison"],
         "hp": finetune_p["hp"],
         "ca": result["ca"],

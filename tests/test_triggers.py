@@ -135,6 +135,19 @@ def test_badnet_center():
     assert changed[c : c + p, c : c + p].all() and changed.sum() == p * p
 
 
+def test_badnet_checkerboard_is_the_same_board_at_the_seeded_location():
+    p, seeds = 4, [3, 4]
+    trigger = get_trigger("badnet", SIZE, patch_size=p, pattern="checkerboard")
+    out = trigger(torch.full((2, 3, SIZE, SIZE), 0.5), seeds)
+    board = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]] * 2).expand(3, p, p)
+    for i, seed in enumerate(seeds):
+        top, left = badnet.patch_location(seed, SIZE, p)
+        assert torch.equal(out[i, :, top : top + p, left : left + p], board)
+        assert (out[i] != 0.5).any(0).sum() == p * p
+    with pytest.raises(ValueError, match="pattern"):
+        get_trigger("badnet", SIZE, pattern="stripes")
+
+
 def test_wanet_identity_at_zero_strength():
     assert torch.equal(wanet.make_warp_grid(SIZE, strength=0.0), wanet.identity_grid(SIZE))
     images = rand_images()

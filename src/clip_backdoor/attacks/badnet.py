@@ -1,10 +1,13 @@
-"""BadNet (Gu et al. 2017) as in CleanCLIP: a patch of Gaussian noise around the image's channel means."""
+"""BadNet (Gu et al. 2017) as in CleanCLIP: a patch of Gaussian noise around the image's channel means,
+resampled for every image; or (pattern: checkerboard, Huang et al. ICLR'25) the same black-and-white
+checkerboard on every image."""
 
 import torch
 
 from clip_backdoor.attacks.patching import check_batch, default_patch_size, paste_patch
 
 LOCATIONS = ("random", "center")
+PATTERNS = ("noise", "checkerboard")
 
 
 def _draw_location(generator, image_size, patch_size):
@@ -17,7 +20,13 @@ def patch_location(seed, image_size, patch_size):
     return _draw_location(torch.Generator().manual_seed(int(seed)), image_size, patch_size)
 
 
-def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random"):
+def checkerboard(patch_size):
+    """[3, p, p] of ones where row + column is even, zeros elsewhere."""
+    rows, cols = torch.meshgrid(torch.arange(patch_size), torch.arange(patch_size), indexing="ij")
+    return ((rows + cols) % 2 == 0).float().expand(3, -1, -1)
+
+
+def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random", pattern="noise"):
     patch_size = default_patch_size(image_size) if patch_size is None else int(patch_size)
     if not 1 <= patch_size <= image_size:
         raise ValueError(f"badnet: param 'patch_size' must be in [1, {image_size}], got {patch_size}")
@@ -25,7 +34,10 @@ def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random"):
         raise ValueError(f"badnet: param 'noise_std' must be >= 0, got {noise_std}")
     if location not in LOCATIONS:
         raise ValueError(f"badnet: param 'location' must be one of {LOCATIONS}, got {location!r}")
+    if pattern not in PATTERNS:
+        raise ValueError(f"badnet: param 'pattern' must be one of {PATTERNS}, got {pattern!r}")
     centre = (image_size - patch_size) // 2
+    board = checkerboard(patch_size)
 
     def trigger(images, seeds):
         seeds = check_batch("badnet", images, seeds, image_size)
@@ -35,8 +47,11 @@ def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random"):
             top, left = _draw_location(g, image_size, patch_size)
             if location == "center":
                 top = left = centre
-            noise = torch.randn(3, patch_size, patch_size, generator=g).to(images)
-            patches.append((image.mean((1, 2), keepdim=True) + noise_std * noise).clamp(0, 1))
+            if pattern == "checkerboard":
+                patches.append(board.to(images))
+            else:
+                noise = torch.randn(3, patch_size, patch_size, generator=g).to(images)
+                patches.append((image.mean((1, 2), keepdim=True) + noise_std * noise).clamp(0, 1))
             tops.append(top)
             lefts.append(left)
         return paste_patch(images, torch.stack(patches), tops, lefts).clamp(0, 1)
