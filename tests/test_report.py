@@ -411,3 +411,17 @@ def test_perturbation_resistivity_figure_from_prompt_states(tmp_path):
     assert png == "rvpt_perturbation_resistivity.png"
     assert (tmp_path / "figures" / "rvpt_perturbation_resistivity.pdf").stat().st_size > 0
     assert figures.perturbation_resistivity([], tmp_path / "figures") is None
+
+
+def test_scale_notes_name_a_patch_deviation_of_an_enabled_badnet():
+    from clip_backdoor.report import notes
+
+    config = yaml.safe_load(Path("config.yaml").read_text())
+    lc = {"trigger": {"patch_size": 10, "location": "center", "pattern": "checkerboard"}}
+    config["attacks"]["methods"]["badnet_lc"] = lc
+    config["attacks"]["enabled"] = ["badnet", "badnet_lc"]
+    page = notes.scale_notes(config)
+    assert "BadNet-LC's patch is a checkerboard pattern at a center location" in page
+    assert "BadNet's patch" not in page
+    config["attacks"]["enabled"] = ["badnet"]
+    assert "BadNet-LC's patch" not in notes.scale_notes(config)

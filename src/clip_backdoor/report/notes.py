@@ -93,6 +93,14 @@ def scale_notes(config):
             f"Deviation: the poisoned fine-tune of {', '.join(slowed)} trains the text tower at a fraction "
             "of the lr (<code>text_lr_scale</code>), where the papers use one lr for both towers."
         )
+    for a in ("badnet", "badnet_lc"):
+        trigger = methods.get(a, {}).get("trigger", {})
+        pattern, location = trigger.get("pattern", "noise"), trigger.get("location", "random")
+        if a in attacks["enabled"] and (pattern, location) != ("noise", "random"):
+            notes.append(
+                f"Deviation: {attack_label(a)}'s patch is a {pattern} pattern at a {location} location, "
+                "where CleanCLIP's is noise resampled per image at a random location."
+            )
     rows = "".join(
         f"<tr><td>{attack_label(a)}</td><td><code>{html.escape(flow_yaml(methods.get(a, {})))}</code></td>"
         "</tr>"
