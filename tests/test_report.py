@@ -416,7 +416,7 @@ def test_perturbation_resistivity_figure_from_prompt_states(tmp_path):
 def test_scale_notes_name_a_patch_deviation_of_an_enabled_badnet():
     from clip_backdoor.report import notes
 
-    config = yaml.safe_load(Path("config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
     lc = {"trigger": {"patch_size": 10, "location": "center", "pattern": "checkerboard"}}
     config["attacks"]["methods"]["badnet_lc"] = lc
     config["attacks"]["enabled"] = ["badnet", "badnet_lc"]
