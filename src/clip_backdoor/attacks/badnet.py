@@ -6,7 +6,7 @@ import torch
 
 from clip_backdoor.attacks.patching import check_batch, default_patch_size, paste_patch
 
-LOCATIONS = ("random", "center")
+LOCATIONS = ("random", "center")  # the first of each is the default
 PATTERNS = ("noise", "checkerboard")
 
 
@@ -37,10 +37,10 @@ def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random", 
     if pattern not in PATTERNS:
         raise ValueError(f"badnet: param 'pattern' must be one of {PATTERNS}, got {pattern!r}")
     centre = (image_size - patch_size) // 2
-    board = checkerboard(patch_size)
 
     def trigger(images, seeds):
         seeds = check_batch("badnet", images, seeds, image_size)
+        board = checkerboard(patch_size).to(images)
         patches, tops, lefts = [], [], []
         for image, seed in zip(images, seeds, strict=True):
             g = torch.Generator().manual_seed(seed)
@@ -48,7 +48,7 @@ def make_trigger(image_size, patch_size=None, noise_std=1.0, location="random", 
             if location == "center":
                 top = left = centre
             if pattern == "checkerboard":
-                patches.append(board.to(images))
+                patches.append(board)
             else:
                 noise = torch.randn(3, patch_size, patch_size, generator=g).to(images)
                 patches.append((image.mean((1, 2), keepdim=True) + noise_std * noise).clamp(0, 1))

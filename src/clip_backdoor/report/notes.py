@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from clip_backdoor.attacks.badnet import LOCATIONS, PATTERNS
 from clip_backdoor.report.tables import NOT_RUN, attack_label, defense_label, metric_cell
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -95,8 +96,8 @@ def scale_notes(config):
         )
     for a in ("badnet", "badnet_lc"):
         trigger = methods.get(a, {}).get("trigger", {})
-        pattern, location = trigger.get("pattern", "noise"), trigger.get("location", "random")
-        if a in attacks["enabled"] and (pattern, location) != ("noise", "random"):
+        pattern, location = trigger.get("pattern", PATTERNS[0]), trigger.get("location", LOCATIONS[0])
+        if a in attacks["enabled"] and (pattern, location) != (PATTERNS[0], LOCATIONS[0]):
             notes.append(
                 f"Deviation: {attack_label(a)}'s patch is a {pattern} pattern at a {location} location, "
                 "where CleanCLIP's is noise resampled per image at a random location."
