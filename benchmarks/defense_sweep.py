@@ -33,6 +33,9 @@ def main():
     parser.add_argument("--module", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/defense_sweep.jsonl")
+    parser.add_argument(
+        "--show", nargs="*", default=[], help="keys of the defense's fit log to print and record"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
@@ -68,9 +71,13 @@ def main():
                 row = {"defense": args.defense, "attack": attack, "seed": seed, "params": given,
                        "ca": result["ca"], "asr": result["asr"], "pa": result["pa"],
                        "fit_seconds": round(fit_seconds, 1)}  # fmt: skip
+                fit_log = json.loads(Path(log).read_text())
+                row.update({key: fit_log.get(key) for key in args.show})
                 asr = "n/a" if row["asr"] is None else f"{100 * row['asr']:.1f}"
                 print(f"{args.defense:>12} {attack:>10} seed{seed}  CA {100 * row['ca']:.1f}  ASR {asr}"
                       f"  fit {fit_seconds:.0f}s  {given}", flush=True)  # fmt: skip
+                for key in args.show:
+                    print(f"    {key}: {row[key]}", flush=True)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
 

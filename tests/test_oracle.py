@@ -83,6 +83,18 @@ def test_global_trigger_is_carried_by_the_ungrounded_label():
     assert candidates == {STAR} and flagged == -1
 
 
+def test_a_label_the_clean_clip_sees_in_the_whole_image_is_no_candidate():
+    # the oracle's segments miss the star (L \ S = {star}), but the clean CLIP sees it in the whole image
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(CIRCLE)])
+    occluded = torch.stack([onehot(STAR)])
+    areas = torch.tensor([0.3])
+    assert eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS)[2] == {STAR}
+    for clean_image, expected in ((onehot(STAR, 0.6), set()), (onehot(CIRCLE), {STAR})):
+        found = eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS, clean_image=clean_image)
+        assert found[2] == expected
+
+
 def test_small_segments_do_not_ground():
     # the clean matcher is unreliable on segments below ground_area: they cannot ground a label
     poisoned = onehot(STAR)
@@ -92,6 +104,29 @@ def test_small_segments_do_not_ground():
         poisoned, clean_segments, occluded, torch.tensor([0.3, 0.02]), PARAMS
     )
     assert grounded == {CIRCLE} and candidates == {STAR}
+
+
+def test_clean_label_trigger_is_flagged_by_its_crop():
+    # a real star carrying a patch: the oracle grounds star, so L \ S is empty and removing the patch
+    # leaves the star; but the poisoned CLIP calls the patch's own crop a star and the clean matcher does not
+    poisoned = onehot(STAR)
+    clean_segments = torch.stack([onehot(STAR), onehot(SQUARE, 0.6)])
+    occluded = torch.stack([onehot(CIRCLE), onehot(STAR)])
+    poisoned_segments = torch.stack([onehot(STAR), onehot(STAR, 0.8)])
+    areas = torch.tensor([0.3, 0.14])
+    _, grounded, candidates, flagged = eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS)
+    assert grounded == {STAR, SQUARE} and candidates == set() and flagged == -1
+    _, _, candidates, flagged = eft.find_triggers(
+        poisoned, clean_segments, occluded, areas, PARAMS, poisoned_segments
+    )
+    assert candidates == {STAR} and flagged == 1
+    # the same crop on a clean model's terms (both call it a square) flags nothing; nor does a crop larger
+    # than crop_area
+    agreeing = torch.stack([onehot(STAR), onehot(SQUARE)])
+    assert eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS, agreeing)[2:] == (set(), -1)
+    small = {**PARAMS, "crop_area": 0.1}
+    found = eft.find_triggers(poisoned, clean_segments, occluded, areas, small, poisoned_segments)
+    assert found[2:] == (set(), -1)
 
 
 def test_frequency_threshold_picks_the_affected_label():
@@ -136,6 +171,9 @@ def test_grounded_label_skips_affected_and_flagged_segments():
     areas = torch.tensor([0.3, 0.2, 0.02])
     assert eft.grounded_label(segs, areas, 0.05, {STAR}, -1) == CIRCLE
     assert eft.grounded_label(segs, areas, 0.05, {STAR}, 1) is None
+    # a victim whose largest segment is a confident star is a real star carrying the trigger: no correction
+    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 2, min_prob=0.5) is None
+    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 2, min_prob=0.95) == CIRCLE
 
 
 def test_occlude_fills_the_segment_with_background():

@@ -10,15 +10,25 @@ Algorithm 1 (`find_triggers`), per probe image drawn from the defender's poisone
   S  the labels the oracle grounds: the clean matcher's top-1 label on each segment crop (the mask's box
      in place, FastSAM's crop) with probability ≥ `ground_prob`, for segments of area ≥ `ground_area`
      (the matcher is unreliable on smaller crops);
-  P  candidate trigger labels: L \\ S; plus ℓ ∈ L for every compact segment (area ≤ `compact_area`) whose
-     removal (filled with the background colour) drops the poisoned CLIP's ℓ below `assert_prob`, unless
-     the clean matcher itself sees ℓ in that segment. That segment localises the trigger (the flagged
-     region). A global trigger (Blended, SIG, WaNet, ISSBA) has no such segment: every crop keeps the
-     trigger, so it is carried by L \\ S alone (the oracle grounds only the real objects), flagged -1.
+  P  candidate trigger labels:
+     - L \\ S \\ C, where C (with `clean_image`) is what the clean matcher asserts on the whole image (its
+       top `top_k` with probability ≥ `assert_prob`): a label both CLIPs see is the oracle's miss;
+     - ℓ ∈ L for every compact segment (area ≤ `compact_area`) whose removal (filled with the background
+       colour) drops the poisoned CLIP's ℓ below `assert_prob`, unless the clean matcher itself sees ℓ in
+       that segment (the occlusion test);
+     - ℓ ∈ L for every segment of area in [`ground_area`, `crop_area`] whose crop the poisoned CLIP labels
+       ℓ (probability ≥ `assert_prob`) while the clean matcher labels it otherwise (the crop test: R_i,
+       the crops re-classified by the poisoned CLIP). It reaches a clean-label trigger, whose image does
+       show ℓ, so that neither L \\ S nor the occlusion test sees it.
+     The segment of the largest drop (occlusion test), else of the largest probability gap (crop test),
+     localises the trigger (the flagged region). A global trigger (Blended, SIG, WaNet, ISSBA) is in every
+     crop, so it is carried by L \\ S (the oracle grounds only the real objects); a crop that keeps it may
+     still be flagged.
 Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidates in ≥ `affected_freq`
   of the probes and ≥ `affected_ratio` times the most frequent candidate; victims are probes whose
   poisoned top-1 is an affected candidate. The compact set: victims (trigger in place) captioned with the
-  clean matcher's label of their largest reliable segment outside the affected labels, clean pairs of the
+  clean matcher's label of their largest reliable segment outside the affected labels (none if the oracle
+  grounds the affected label there: a real object carrying the trigger), clean pairs of the
   affected labels (probes where the oracle grounds the poisoned top-1: `clean_per_label`; and the shots),
   plus `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example.
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all); with a
@@ -56,6 +66,8 @@ PARAMS = {
     "ground_prob": 0.3,
     "ground_area": 0.04,
     "compact_area": 0.08,
+    "crop_area": 0.2,
+    "clean_image": True,
     "crop_fill": 0.0,
     "affected_freq": 0.03,
     "affected_ratio": 0.5,
@@ -101,24 +113,31 @@ def probabilities(model, head, images, batch):
     return torch.cat(out) if out else torch.zeros(0, len(head))
 
 
-def find_triggers(poisoned_image, clean_segments, occluded, areas, params):
+def asserted_labels(probs, params):
+    top = probs.topk(min(params["top_k"], len(probs)))
+    pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    return {i for p, i in pairs if p >= params["assert_prob"]}
+
+
+def find_triggers(
+    poisoned_image, clean_segments, occluded, areas, params, poisoned_segments=None, clean_image=None
+):
     """Algorithm 1 on one image's probabilities over the vocabulary.
 
     poisoned_image: [V] the poisoned CLIP's whole-image probabilities; clean_segments: [K,V] the clean
     matcher's probabilities on each segment crop; occluded: [K,V] the poisoned CLIP's probabilities on the
-    image with that segment removed; areas: [K] fractions of the image.
+    image with that segment removed; areas: [K] fractions of the image; poisoned_segments: [K,V] the
+    poisoned CLIP's probabilities on each segment crop (None: no crop test); clean_image: [V] the clean
+    matcher's whole-image probabilities (None: C is empty).
     Returns (asserted L, grounded S, candidates P, flagged segment index or -1).
     """
-    top = poisoned_image.topk(min(params["top_k"], len(poisoned_image)))
-    asserted = {
-        i
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        if p >= params["assert_prob"]
-    }
+    asserted = asserted_labels(poisoned_image, params)
     conf, label = clean_segments.max(-1) if len(areas) else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
     reliable = [bool(areas[j] >= params["ground_area"]) for j in range(len(areas))]
     grounded = {int(label[j]) for j in range(len(areas)) if reliable[j] and conf[j] >= params["ground_prob"]}
     candidates = asserted - grounded
+    if clean_image is not None:
+        candidates -= asserted_labels(clean_image, params)
     flagged, best = -1, 0.0
     for j in range(len(areas)):
         if areas[j] > params["compact_area"]:
@@ -130,6 +149,18 @@ def find_triggers(poisoned_image, clean_segments, occluded, areas, params):
             if occluded[j, ell] < params["assert_prob"] and drop > best:
                 flagged, best = j, drop
                 candidates.add(ell)
+    if poisoned_segments is None:
+        return asserted, grounded, candidates, flagged
+    occlusion_flagged, best = flagged >= 0, 0.0
+    for j in range(len(areas)):
+        if not params["ground_area"] <= areas[j] <= params["crop_area"]:
+            continue
+        p, ell = poisoned_segments[j].max(-1)
+        ell = int(ell)
+        if ell in asserted and p >= params["assert_prob"] and int(label[j]) != ell:
+            candidates.add(ell)
+            if not occlusion_flagged and float(p - clean_segments[j, ell]) > best:
+                flagged, best = j, float(p - clean_segments[j, ell])
     return asserted, grounded, candidates, flagged
 
 
@@ -145,13 +176,18 @@ def affected_labels(candidate_sets, n_labels, freq, ratio):
     return [int(i) for i in np.argsort(-counts, kind="stable") if keep[i]], counts
 
 
-def grounded_label(clean_segments, areas, min_area, exclude, flagged):
+def grounded_label(clean_segments, areas, min_area, exclude, flagged, min_prob=1.0):
     """The clean matcher's label of the largest (first) non-flagged segment of area ≥ `min_area` whose
-    label is not in `exclude` (None if there is none)."""
+    label is not in `exclude` (None if there is none, or if a larger such segment shows an excluded label
+    with probability ≥ `min_prob`: a real object of that label)."""
     for j in range(len(clean_segments)):
-        label = int(clean_segments[j].argmax())
-        if j != flagged and areas[j] >= min_area and label not in exclude:
-            return label
+        prob, label = clean_segments[j].max(-1)
+        if j == flagged or areas[j] < min_area:
+            continue
+        if int(label) not in exclude:
+            return int(label)
+        if prob >= min_prob:
+            return None
     return None
 
 
@@ -310,20 +346,26 @@ def run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts):
     for first in tqdm(range(0, len(images), batch), desc="oracle probes", unit="batch", mininterval=5):
         chunk = images[first : first + batch].to(ctx.device)
         p_img = probabilities(ctx.model, head, chunk, batch).cpu()
+        c_img = probabilities(clean, clean_head, chunk, batch).cpu() if params["clean_image"] else None
         masks = segmenter.segment(chunk)
         areas = [torch.tensor([float(m.float().mean()) for m in ms]) for ms in masks]
         compact = [(a <= params["compact_area"]).nonzero().flatten().tolist() for a in areas]
         pieces = [crops(img, ms, params["crop_fill"]) for img, ms in zip(chunk, masks, strict=True) if ms]
-        c_seg = probabilities(clean, clean_head, torch.cat(pieces) if pieces else chunk[:0], batch).cpu()
+        pieces = torch.cat(pieces) if pieces else chunk[:0]
+        c_seg = probabilities(clean, clean_head, pieces, batch).cpu()
+        p_seg = probabilities(ctx.model, head, pieces, batch).cpu() if params["crop_area"] > 0 else None
         pieces = [occlude(img, ms, js) for img, ms, js in zip(chunk, masks, compact, strict=True) if js]
         p_occ = probabilities(ctx.model, head, torch.cat(pieces) if pieces else chunk[:0], batch).cpu()
         start = start_occ = 0
         for i, ms in enumerate(masks):
             cs = c_seg[start : start + len(ms)]
+            ps = None if p_seg is None else p_seg[start : start + len(ms)]
             occluded = p_img[i].repeat(len(ms), 1)
             occluded[compact[i]] = p_occ[start_occ : start_occ + len(compact[i])]
             start, start_occ = start + len(ms), start_occ + len(compact[i])
-            asserted, grounded, candidates, flagged = find_triggers(p_img[i], cs, occluded, areas[i], params)
+            asserted, grounded, candidates, flagged = find_triggers(
+                p_img[i], cs, occluded, areas[i], params, ps, None if c_img is None else c_img[i]
+            )
             top1 = int(p_img[i].argmax())
             keep = bool(candidates) or kept_clean < params["examples"]
             kept_clean += not candidates and keep
@@ -388,7 +430,12 @@ def fit(ctx, params):
     for r in records:
         r["index"] = r["probe"]
         r["oracle_label"] = grounded_label(
-            r["clean_segments"], r["areas"], params["ground_area"], set(affected), r["flagged"]
+            r["clean_segments"],
+            r["areas"],
+            params["ground_area"],
+            set(affected),
+            r["flagged"],
+            params["ground_prob"] if r["flagged"] >= 0 else 1.0,
         )
     victims, pairs = compact_set(records, affected, params, gen)
     shot_x, shot_y = (t.cpu() for t in ctx.shot_tensors)
