@@ -364,3 +364,27 @@ def test_corpus_head_falls_back_to_templates_for_unnamed_labels():
     head = eft.corpus_head(model, [["a red star."], []], ["star", "ring"], ["a photo of a {}."], "cpu")
     assert model.seen == ["a red star.", "a photo of a ring."]
     assert head.shape == (2, 4) and torch.allclose(head.norm(dim=-1), torch.ones(2))
+
+
+def test_windows_cover_the_image_edge_to_edge():
+    grid = eft.windows(10, 4, 3)
+    assert grid.shape == (9, 10, 10) and grid.sum((1, 2)).eq(16).all()
+    assert grid.any(0).all() and grid[-1, 6:, 6:].all()
+
+
+def test_paste_test_localises_a_trigger_the_segments_miss():
+    # a poisoned CLIP that says star whenever the 4x4 corner block is white; the segments cover other parts
+    image, donors = torch.zeros(3, 12, 12), torch.rand(3, 3, 12, 12) * 0.5
+    image[:, 8:, 8:] = 1.0
+
+    def poisoned_probs(x):
+        star = (x[:, :, 8:, 8:] == 1.0).flatten(1).all(1).float()
+        return torch.stack([onehot(STAR) if s else onehot(CIRCLE) for s in star])
+
+    segments = torch.zeros(2, 12, 12, dtype=torch.bool)
+    segments[0, :6, :6], segments[1, 8:, 8:10] = True, True
+    regions = torch.cat([segments, eft.windows(12, 4, 2)])
+    best, prob = eft.paste_localise(image, regions, donors, STAR, poisoned_probs)
+    assert regions[best, 8:, 8:].all() and prob == pytest.approx(0.9)
+    best, prob = eft.paste_localise(image, segments, donors, STAR, poisoned_probs)
+    assert prob == pytest.approx(0.1 / (V - 1))

@@ -30,7 +30,11 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   clean matcher's label of their largest reliable segment outside the affected labels (none if the oracle
   grounds the affected label there: a real object carrying the trigger), clean pairs of the
   affected labels (probes where the oracle grounds the poisoned top-1: `clean_per_label`; and the shots),
-  plus `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example.
+  plus `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example,
+  plus transplants: each victim's trigger region pasted onto agreeing probes of other labels, captioned with
+  their labels. The region is the flagged segment, or (`localise_window` > 0) the paste test's: the compact
+  segment or square window whose paste onto a few such probes the poisoned CLIP most labels as the victim's
+  label (it finds a trigger the segmenter shatters into fragments).
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all); with a
   frozen text tower the caption features are computed once and identical captions are all positives.
 """
@@ -75,6 +79,9 @@ PARAMS = {
     "anchor_pairs": 64,
     "transplants": 4,
     "transplant_grow": 2,
+    "localise_window": 0,
+    "localise_stride": 2,
+    "localise_donors": 2,
     "shot_pairs": "all",
     "caption_templates": [
         "a photo of a {}.",
@@ -206,31 +213,67 @@ def compact_set(records, affected, params, gen):
     return [r["index"] for r in victims], pairs
 
 
+def windows(size, window, stride):
+    """Square masks [n,size,size] of `window` px at `stride` px covering a size×size image (the last row
+    and column of windows flush with the edge)."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    out = torch.zeros(len(starts) ** 2, size, size, dtype=torch.bool)
+    for k, (y, x) in enumerate((y, x) for y in starts for x in starts):
+        out[k, y : y + window, x : x + window] = True
+    return out
+
+
+def paste_localise(image, regions, donors, label, poisoned_probs):
+    """The region of `image` that, pasted onto the donor images, gives the poisoned CLIP the highest mean
+    probability of `label` (the paste test). regions: bool [R,H,W]; donors: [D,3,H,W].
+    Returns (region index, that mean probability)."""
+    pasted = torch.where(regions[:, None, None], image[None, None], donors[None])
+    probs = poisoned_probs(pasted.flatten(0, 1))[:, label].view(len(regions), len(donors)).mean(1)
+    best = int(probs.argmax())
+    return best, float(probs[best])
+
+
+def grow(mask, pixels):
+    return F.max_pool2d(mask[None, None].float(), 2 * pixels + 1, 1, pixels)[0, 0] > 0
+
+
 def transplant(images, records, victims, affected, poisoned_probs, params, gen):
-    """Synthetic victims: each localised trigger region (the flagged segment grown by `transplant_grow`
-    pixels) pasted onto `transplants` probes the oracle agrees on, of other labels; kept only if the
-    poisoned CLIP then predicts an affected label (the region carries the backdoor). Returns (images
-    [n,3,H,W], their agreed labels)."""
+    """Synthetic victims: each victim's trigger region (grown by `transplant_grow` pixels) pasted onto
+    `transplants` probes the oracle agrees on, of other labels; kept only if the poisoned CLIP then predicts
+    an affected label (the region carries the backdoor). The region is, with `localise_window` > 0, the
+    one among the victim's compact segments and square windows of that size (every `localise_stride` px)
+    whose paste onto `localise_donors` donors the poisoned CLIP most labels as the victim's label, if that
+    reaches `assert_prob`; else the flagged segment. Returns (images [n,3,H,W], their agreed labels, victims
+    localised by the paste test)."""
     donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
-    out_x, out_y = [], []
+    size, window = images.shape[-1], params["localise_window"]
+    grid = windows(size, window, params["localise_stride"]) if 0 < window <= size else None
+    out_x, out_y, pasted = [], [], 0
     for v in victims:
         r = records[v]
-        if r["flagged"] < 0:
+        region = r["masks"][r["flagged"]] if r["flagged"] >= 0 else None
+        if grid is not None and donors:
+            masks = [m for m, a in zip(r["masks"], r["areas"], strict=True) if a <= params["compact_area"]]
+            regions = torch.cat([torch.stack(masks), grid]) if masks else grid
+            tests = images[[d["probe"] for d in pick(donors, params["localise_donors"], gen)]]
+            best, prob = paste_localise(images[v], regions, tests, r["poisoned_top1"], poisoned_probs)
+            if prob >= params["assert_prob"]:
+                region, pasted = regions[best], pasted + 1
+        if region is None:
             continue
-        region = r["masks"][r["flagged"]][None, None].float()
-        region = (
-            F.max_pool2d(region, 2 * params["transplant_grow"] + 1, 1, params["transplant_grow"])[0, 0] > 0
-        )
+        region = grow(region, params["transplant_grow"])
         for donor in pick(donors, params["transplants"], gen):
             x = images[donor["probe"]].clone()
             x[:, region] = images[v][:, region]
             out_x.append(x)
             out_y.append(donor["poisoned_top1"])
     if not out_x:
-        return images[:0], []
+        return images[:0], [], pasted
     x = torch.stack(out_x)
     keep = [k for k, p in enumerate(poisoned_probs(x)) if int(p.argmax()) in affected]
-    return x[keep], [out_y[k] for k in keep]
+    return x[keep], [out_y[k] for k in keep], pasted
 
 
 def pick(items, n, gen):
@@ -449,7 +492,8 @@ def fit(ctx, params):
     ]
     train_x = [images[[i for i, _ in pairs]]] if pairs else []
     poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
-    synth_x, synth_y = transplant(images, records, victims, set(affected), poisoned_probs, params, gen)
+    affected_set = set(affected)
+    synth_x, synth_y, pasted = transplant(images, records, victims, affected_set, poisoned_probs, params, gen)
     train_x.append(synth_x)
     names += [vocab[y] for y in synth_y]
     captions += [caption(vocab[y], k, params["caption_templates"]) for k, y in enumerate(synth_y)]
@@ -476,6 +520,7 @@ def fit(ctx, params):
         "probed": probe_idx,
         "compact_set": len(names),
         "transplanted": len(synth_y),
+        "paste_localised": pasted,
         "flagged_segments": sum(r["flagged"] >= 0 for r in records),
     }
     report = {"examples": examples(records, images, vocab, victims, params["examples"])}
