@@ -35,8 +35,9 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   their labels. The region is the flagged segment, or (`localise_window` > 0) the paste test's: the compact
   segment or square window whose paste onto a few such probes the poisoned CLIP most labels as the victim's
   label (it finds a trigger the segmenter shatters into fragments).
-Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all); with a
-  frozen text tower the caption features are computed once and identical captions are all positives.
+Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all; with all,
+  the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
+  once and identical captions are all positives.
 """
 
 import json
@@ -90,6 +91,7 @@ PARAMS = {
         "a picture of a {}.",
     ],
     "trainable": "all",
+    "text_lr_scale": 1.0,
     "epochs": 10,
     "batch_size": 32,
     "lr": 0.0004,
@@ -534,7 +536,10 @@ def fit(ctx, params):
         raise ValueError(f"defenses.methods.oracle.params.trainable: {params['trainable']!r} (visual | all)")
     for p in trainable.parameters():
         p.requires_grad_(True)
-    hp = {key: params[key] for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps")}
+    hp = {
+        key: params[key]
+        for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "text_lr_scale")
+    }
     hp.update(seed=ctx.seed, save_every_epochs=max(1, params["epochs"]))
     loss_fn = frozen_text_loss({}) if params["trainable"] == "visual" else None
     train_log = train_contrastive(
