@@ -37,7 +37,8 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   label (it finds a trigger the segmenter shatters into fragments).
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all; with all,
   the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
-  once and identical captions are all positives.
+  once and identical captions are all positives; `positives: label` makes all captions of one label
+  positives (the plain loss, `caption`, makes two pairs of one class each other's negatives).
 """
 
 import json
@@ -92,6 +93,7 @@ PARAMS = {
     ],
     "trainable": "all",
     "text_lr_scale": 1.0,
+    "positives": "caption",
     "epochs": 10,
     "batch_size": 32,
     "lr": 0.0004,
@@ -328,6 +330,22 @@ def frozen_text_loss(cache):
     return loss_fn
 
 
+def label_loss(label_of):
+    """The CLIP loss on the whole CLIP where captions of one label are all positives (the plain loss makes
+    two pairs of one class each other's negatives). label_of: token tuple → label name."""
+
+    def loss_fn(model, images, tokens):
+        labels = [label_of[tuple(t.tolist())] for t in tokens]
+        logits = model.logit_scale * model.encode_image(images) @ model.encode_text(tokens).t()
+        same = torch.tensor(
+            [[a == b for b in labels] for a in labels], dtype=torch.float32, device=logits.device
+        )
+        target = same / same.sum(1, keepdim=True)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    return loss_fn
+
+
 def victim_precision_recall(victims, poison_index_path, probed=None):
     """Precision and recall of the flagged victim corpus indices against the attack's poison index; recall
     is over the poisoned images among `probed` (the corpus indices the defense looked at), if given."""
@@ -541,7 +559,16 @@ def fit(ctx, params):
         for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "text_lr_scale")
     }
     hp.update(seed=ctx.seed, save_every_epochs=max(1, params["epochs"]))
-    loss_fn = frozen_text_loss({}) if params["trainable"] == "visual" else None
+    if params["positives"] not in ("caption", "label"):
+        raise ValueError(
+            f"defenses.methods.oracle.params.positives: {params['positives']!r} (caption | label)"
+        )
+    loss_fn = None
+    if params["trainable"] == "visual":
+        loss_fn = frozen_text_loss({})
+    elif params["positives"] == "label":
+        tokens = ctx.model.tokenize(captions)
+        loss_fn = label_loss({tuple(t.tolist()): name for t, name in zip(tokens, names, strict=True)})
     train_log = train_contrastive(
         ctx.model,
         x,
