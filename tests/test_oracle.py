@@ -7,6 +7,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clip_backdoor.data.world import render_scene
 from clip_backdoor.defenses import oracle as eft
@@ -388,3 +389,28 @@ def test_paste_test_localises_a_trigger_the_segments_miss():
     assert regions[best, 8:, 8:].all() and prob == pytest.approx(0.9)
     best, prob = eft.paste_localise(image, segments, donors, STAR, poisoned_probs)
     assert prob == pytest.approx(0.1 / (V - 1))
+
+
+def test_label_loss_makes_captions_of_one_label_positives():
+    class Features(torch.nn.Module):
+        logit_scale = torch.tensor(10.0)
+
+        def encode_image(self, images):
+            return images
+
+        def encode_text(self, tokens):
+            return torch.nn.functional.normalize(tokens.float(), dim=-1)
+
+    def plain(images, tokens):
+        logits = 10 * images @ Features().encode_text(tokens).t()
+        target = torch.arange(len(images))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    # Images 0 and 1 are stars under two different star captions, each matching the other's caption.
+    images = torch.eye(3)
+    tokens = torch.tensor([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    label_of = {(0, 1, 0): "star", (1, 0, 0): "star", (0, 0, 1): "circle"}
+    assert eft.label_loss(label_of)(Features(), images, tokens) < plain(images, tokens) - 0.5
+    # With one pair per label it is the plain CLIP loss.
+    distinct = {**label_of, (0, 1, 0): "square"}
+    torch.testing.assert_close(eft.label_loss(distinct)(Features(), images, tokens), plain(images, tokens))
