@@ -5,6 +5,7 @@ decoder, StegaStamp-style, and stored as an artefact that the trigger takes. See
 """
 
 import hashlib
+import warnings
 
 import torch
 import torch.nn as nn
@@ -91,17 +92,19 @@ def train_stega(
     opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
     # On CPU, oneDNN's AVX-512 convolutions left this training at chance (bit accuracy 0.50, seeds 0 and 1)
     # where its AVX2 ones and ATen's own reach 0.99 (benchmarks/issba_encoder_isa.md): ATen's are used.
-    with torch.backends.mkldnn.flags(enabled=False):
-        for _ in range(steps):
-            x = images[torch.randint(0, n, (batch_size,), generator=g)].to(device)
-            secret = torch.randint(0, 2, (batch_size, n_bits), generator=g).float().to(device)
-            residual = encoder(x, secret)
-            logits = decoder((x + residual).clamp(0, 1))
-            penalty = residual_weight * residual.pow(2).mean()
-            loss = F.binary_cross_entropy_with_logits(logits, secret) + penalty
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with warnings.catch_warnings():  # the flags warn about TF32 on Intel GPUs, untouched here
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False):
+            for _ in range(steps):
+                x = images[torch.randint(0, n, (batch_size,), generator=g)].to(device)
+                secret = torch.randint(0, 2, (batch_size, n_bits), generator=g).float().to(device)
+                residual = encoder(x, secret)
+                logits = decoder((x + residual).clamp(0, 1))
+                penalty = residual_weight * residual.pow(2).mean()
+                loss = F.binary_cross_entropy_with_logits(logits, secret) + penalty
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     encoder.eval()
     decoder.eval()
     with torch.no_grad():
