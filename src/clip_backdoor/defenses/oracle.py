@@ -25,7 +25,9 @@ Algorithm 1 (`find_triggers`), per probe image drawn from the defender's poisone
      crop, so it is carried by L \\ S (the oracle grounds only the real objects); a crop that keeps it may
      still be flagged.
 Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidates in ≥ `affected_freq`
-  of the probes and ≥ `affected_ratio` times the most frequent candidate; victims are probes whose
+  of the probes, (`null_ratio` > 0) ≥ `null_ratio` times as often as when the clean CLIP stands in for the
+  poisoned one on the same probes (the oracle's own error rate per label), and ≥ `affected_ratio` times
+  the most frequent such candidate; victims are probes whose
   poisoned top-1 is an affected candidate. The compact set: victims (trigger in place) captioned with the
   clean matcher's label of their largest reliable segment outside the affected labels (none if the oracle
   grounds the affected label there: a real object carrying the trigger), clean pairs of the
@@ -44,6 +46,7 @@ Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` 
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,7 @@ PARAMS = {
     "crop_fill": 0.0,
     "affected_freq": 0.03,
     "affected_ratio": 0.5,
+    "null_ratio": 0.0,
     "clean_per_label": 32,
     "anchor_pairs": 64,
     "transplants": 4,
@@ -175,15 +179,24 @@ def find_triggers(
     return asserted, grounded, candidates, flagged
 
 
-def affected_labels(candidate_sets, n_labels, freq, ratio):
-    """Labels that are candidates in at least a fraction `freq` of the probes and at least `ratio` times
-    as often as the most frequent candidate, most frequent first."""
-    counts = np.zeros(n_labels, np.int64)
-    for cands in candidate_sets:
-        for c in cands:
-            counts[c] += 1
+def affected_labels(candidate_sets, n_labels, freq, ratio, null_sets=None, null_ratio=0.0):
+    """Labels that are candidates in at least a fraction `freq` of the probes, at least `null_ratio` times
+    as often as in `null_sets` (Algorithm 1 with the clean CLIP in the poisoned one's place, on the same
+    probes) and at least `ratio` times as often as the most frequent such candidate, most frequent first."""
+
+    def count(sets):
+        counts = np.zeros(n_labels, np.int64)
+        for cands in sets:
+            for c in cands:
+                counts[c] += 1
+        return counts
+
+    counts = count(candidate_sets)
     share = counts / max(len(candidate_sets), 1)
-    keep = (share >= freq) & (counts > 0) & (counts >= ratio * counts.max())
+    keep = (share >= freq) & (counts > 0)
+    if null_sets is not None:
+        keep &= counts >= null_ratio * count(null_sets)
+    keep &= counts >= ratio * (counts[keep].max() if keep.any() else 0)
     return [int(i) for i in np.argsort(-counts, kind="stable") if keep[i]], counts
 
 
@@ -486,9 +499,19 @@ def fit(ctx, params):
     clean = load_model(ctx.paths["clean_model"], map_location=ctx.device).eval()
     segmenter = load_segmenter(ctx.paths["segmenter"], ctx.device)
     records, head = run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts)
+    null_sets = None
+    if params["null_ratio"] > 0:
+        null, _ = run_oracle(replace(ctx, model=clean), params, clean, segmenter, images, vocab, label_texts)
+        null_sets = [r["candidates"] for r in null]
+        del null
     del clean
     affected, counts = affected_labels(
-        [r["candidates"] for r in records], len(vocab), params["affected_freq"], params["affected_ratio"]
+        [r["candidates"] for r in records],
+        len(vocab),
+        params["affected_freq"],
+        params["affected_ratio"],
+        null_sets,
+        params["null_ratio"],
     )
     for r in records:
         r["index"] = r["probe"]
@@ -536,6 +559,9 @@ def fit(ctx, params):
             None if records[i]["oracle_label"] is None else vocab[records[i]["oracle_label"]] for i in victims
         ],
         "candidate_counts": {vocab[i]: int(c) for i, c in enumerate(counts) if c},
+        "null_candidate_counts": None
+        if null_sets is None
+        else {vocab[i]: int(c) for i, c in enumerate(affected_labels(null_sets, len(vocab), 1, 1)[1]) if c},
         "victim_indices_sample": len(victims),
         "probed": probe_idx,
         "compact_set": len(names),
