@@ -139,7 +139,6 @@ def test_frequency_threshold_picks_the_affected_label():
     assert eft.affected_labels([set()] * 10, V, freq=0.03, ratio=0.5)[0] == []
 
 
-
 def test_null_ratio_drops_labels_the_clean_clip_asserts_as_often():
     # The clean CLIP in the poisoned one's place: circle is the oracle's own error, star is not.
     sets = [{CIRCLE}] * 12 + [{STAR}] * 8 + [set()] * 80
@@ -148,6 +147,7 @@ def test_null_ratio_drops_labels_the_clean_clip_asserts_as_often():
     assert eft.affected_labels(sets, V, freq=0.03, ratio=0.5, null_sets=null, null_ratio=2.0)[0] == [STAR]
     # A clean model is its own null: nothing is affected.
     assert eft.affected_labels(null, V, freq=0.01, ratio=0.5, null_sets=null, null_ratio=2.0)[0] == []
+
 
 def record(index, top1, candidates, oracle_label, agreed):
     return {
