@@ -7,7 +7,6 @@ import types
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clip_backdoor.data.world import render_scene
 from clip_backdoor.defenses import oracle as eft
@@ -21,6 +20,7 @@ from clip_backdoor.oracle.segmenter import (
     masks_from_classes,
     targets_from_instances,
 )
+from clip_backdoor.training import clip_loss
 
 STAR, CIRCLE, SQUARE, V = 3, 0, 1, 5
 PARAMS = {
@@ -412,9 +412,7 @@ def test_label_loss_makes_captions_of_one_label_positives():
             return torch.nn.functional.normalize(tokens.float(), dim=-1)
 
     def plain(images, tokens):
-        logits = 10 * images @ Features().encode_text(tokens).t()
-        target = torch.arange(len(images))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        return clip_loss(images, Features().encode_text(tokens), Features.logit_scale)
 
     # Images 0 and 1 are stars under two different star captions, each matching the other's caption.
     images = torch.eye(3)

@@ -46,7 +46,6 @@ Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` 
 import json
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,23 +178,24 @@ def find_triggers(
     return asserted, grounded, candidates, flagged
 
 
+def candidate_counts(candidate_sets, n_labels):
+    """Per label, the number of probes it is a candidate in."""
+    counts = np.zeros(n_labels, np.int64)
+    for cands in candidate_sets:
+        for c in cands:
+            counts[c] += 1
+    return counts
+
+
 def affected_labels(candidate_sets, n_labels, freq, ratio, null_sets=None, null_ratio=0.0):
     """Labels that are candidates in at least a fraction `freq` of the probes, at least `null_ratio` times
     as often as in `null_sets` (Algorithm 1 with the clean CLIP in the poisoned one's place, on the same
     probes) and at least `ratio` times as often as the most frequent such candidate, most frequent first."""
-
-    def count(sets):
-        counts = np.zeros(n_labels, np.int64)
-        for cands in sets:
-            for c in cands:
-                counts[c] += 1
-        return counts
-
-    counts = count(candidate_sets)
+    counts = candidate_counts(candidate_sets, n_labels)
     share = counts / max(len(candidate_sets), 1)
     keep = (share >= freq) & (counts > 0)
     if null_sets is not None:
-        keep &= counts >= null_ratio * count(null_sets)
+        keep &= counts >= null_ratio * candidate_counts(null_sets, n_labels)
     keep &= counts >= ratio * (counts[keep].max() if keep.any() else 0)
     return [int(i) for i in np.argsort(-counts, kind="stable") if keep[i]], counts
 
@@ -325,6 +325,14 @@ def load_corpus(captions_path, image_size):
     return ArrayPool(np.load(folder / "images.npy", mmap_mode="r"), captions), captions, vocab
 
 
+def shared_positives_loss(logits, keys):
+    """The symmetric CLIP loss over image-text `logits` [B,B] where pairs with equal `keys` are all
+    positives of each other."""
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32, device=logits.device)
+    target = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
 def frozen_text_loss(cache):
     """The CLIP loss with precomputed caption features; identical captions are all positives."""
 
@@ -335,10 +343,7 @@ def frozen_text_loss(cache):
                 with torch.no_grad():
                     cache[key] = model.encode_text(t[None])[0]
         text = torch.stack([cache[key] for key in keys])
-        logits = model.logit_scale * model.encode_image(images) @ text.t()
-        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32, device=logits.device)
-        target = same / same.sum(1, keepdim=True)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        return shared_positives_loss(model.logit_scale * model.encode_image(images) @ text.t(), keys)
 
     return loss_fn
 
@@ -349,12 +354,9 @@ def label_loss(label_of):
 
     def loss_fn(model, images, tokens):
         labels = [label_of[tuple(t.tolist())] for t in tokens]
-        logits = model.logit_scale * model.encode_image(images) @ model.encode_text(tokens).t()
-        same = torch.tensor(
-            [[a == b for b in labels] for a in labels], dtype=torch.float32, device=logits.device
+        return shared_positives_loss(
+            model.logit_scale * model.encode_image(images) @ model.encode_text(tokens).t(), labels
         )
-        target = same / same.sum(1, keepdim=True)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
     return loss_fn
 
@@ -407,42 +409,60 @@ def corpus_head(model, label_texts, vocab, templates, device):
 
 
 @torch.no_grad()
-def run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts):
+def run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts, null=False):
     """Algorithm 1 over the probe images (float [N,3,H,W] on the CPU), `batch` images at a time; per probe a
     record (see `compact_set`). Segment masks are kept only for probes with candidates and the first
     `examples` probes without (the report's examples), so that large probe sets fit in memory.
     label_texts: per label the corpus captions the poisoned CLIP's labels are read with (or None: the
-    evaluation templates)."""
+    evaluation templates). null: also the candidates per probe with the clean CLIP in the poisoned one's
+    place (same segments and matcher; `null_ratio`). Returns (records, head, null candidate sets or None)."""
     clean_head = zeroshot_head(clean, vocab, ctx.templates, device=ctx.device)
-    if label_texts is None:
-        head = zeroshot_head(ctx.model, vocab, ctx.templates, device=ctx.device)
-    else:
-        head = corpus_head(ctx.model, label_texts, vocab, ctx.templates, ctx.device)
-    records, kept_clean, batch = [], 0, params["batch"]
+
+    def label_head(model):
+        if label_texts is None:
+            return zeroshot_head(model, vocab, ctx.templates, device=ctx.device)
+        return corpus_head(model, label_texts, vocab, ctx.templates, ctx.device)
+
+    head = label_head(ctx.model)
+    askers = [(ctx.model, head)] + ([(clean, label_head(clean))] if null else [])
+    records, null_sets, kept_clean, batch = [], [] if null else None, 0, params["batch"]
     for first in tqdm(range(0, len(images), batch), desc="oracle probes", unit="batch", mininterval=5):
         chunk = images[first : first + batch].to(ctx.device)
-        p_img = probabilities(ctx.model, head, chunk, batch).cpu()
         c_img = probabilities(clean, clean_head, chunk, batch).cpu() if params["clean_image"] else None
         masks = segmenter.segment(chunk)
         areas = [torch.tensor([float(m.float().mean()) for m in ms]) for ms in masks]
         compact = [(a <= params["compact_area"]).nonzero().flatten().tolist() for a in areas]
         pieces = [crops(img, ms, params["crop_fill"]) for img, ms in zip(chunk, masks, strict=True) if ms]
-        pieces = torch.cat(pieces) if pieces else chunk[:0]
-        c_seg = probabilities(clean, clean_head, pieces, batch).cpu()
-        p_seg = probabilities(ctx.model, head, pieces, batch).cpu() if params["crop_area"] > 0 else None
+        cropped = torch.cat(pieces) if pieces else chunk[:0]
+        c_seg = probabilities(clean, clean_head, cropped, batch).cpu()
         pieces = [occlude(img, ms, js) for img, ms, js in zip(chunk, masks, compact, strict=True) if js]
-        p_occ = probabilities(ctx.model, head, torch.cat(pieces) if pieces else chunk[:0], batch).cpu()
+        occluded_batch = torch.cat(pieces) if pieces else chunk[:0]
+        asked = [
+            (
+                probabilities(model, h, chunk, batch).cpu(),
+                probabilities(model, h, cropped, batch).cpu() if params["crop_area"] > 0 else None,
+                probabilities(model, h, occluded_batch, batch).cpu(),
+            )
+            for model, h in askers
+        ]
         start = start_occ = 0
         for i, ms in enumerate(masks):
             cs = c_seg[start : start + len(ms)]
-            ps = None if p_seg is None else p_seg[start : start + len(ms)]
-            occluded = p_img[i].repeat(len(ms), 1)
-            occluded[compact[i]] = p_occ[start_occ : start_occ + len(compact[i])]
+            found = []
+            for p_img, p_seg, p_occ in asked:
+                ps = None if p_seg is None else p_seg[start : start + len(ms)]
+                occluded = p_img[i].repeat(len(ms), 1)
+                occluded[compact[i]] = p_occ[start_occ : start_occ + len(compact[i])]
+                found.append(
+                    find_triggers(
+                        p_img[i], cs, occluded, areas[i], params, ps, None if c_img is None else c_img[i]
+                    )
+                )
             start, start_occ = start + len(ms), start_occ + len(compact[i])
-            asserted, grounded, candidates, flagged = find_triggers(
-                p_img[i], cs, occluded, areas[i], params, ps, None if c_img is None else c_img[i]
-            )
-            top1 = int(p_img[i].argmax())
+            asserted, grounded, candidates, flagged = found[0]
+            if null:
+                null_sets.append(found[1][2])
+            top1 = int(asked[0][0][i].argmax())
             keep = bool(candidates) or kept_clean < params["examples"]
             kept_clean += not candidates and keep
             records.append(
@@ -459,7 +479,7 @@ def run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts):
                     "agreed": top1 in grounded and top1 not in candidates,
                 }
             )
-    return records, head
+    return records, head, null_sets
 
 
 def examples(records, images, vocab, victims, n):
@@ -498,12 +518,8 @@ def fit(ctx, params):
     images = torch.as_tensor(np.asarray(corpus.load(probe_idx))).permute(0, 3, 1, 2).float() / 255
     clean = load_model(ctx.paths["clean_model"], map_location=ctx.device).eval()
     segmenter = load_segmenter(ctx.paths["segmenter"], ctx.device)
-    records, head = run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts)
-    null_sets = None
-    if params["null_ratio"] > 0:
-        null, _ = run_oracle(replace(ctx, model=clean), params, clean, segmenter, images, vocab, label_texts)
-        null_sets = [r["candidates"] for r in null]
-        del null
+    null = params["null_ratio"] > 0
+    records, head, null_sets = run_oracle(ctx, params, clean, segmenter, images, vocab, label_texts, null)
     del clean
     affected, counts = affected_labels(
         [r["candidates"] for r in records],
@@ -561,7 +577,7 @@ def fit(ctx, params):
         "candidate_counts": {vocab[i]: int(c) for i, c in enumerate(counts) if c},
         "null_candidate_counts": None
         if null_sets is None
-        else {vocab[i]: int(c) for i, c in enumerate(affected_labels(null_sets, len(vocab), 1, 1)[1]) if c},
+        else {vocab[i]: int(c) for i, c in enumerate(candidate_counts(null_sets, len(vocab))) if c},
         "victim_indices_sample": len(victims),
         "probed": probe_idx,
         "compact_set": len(names),
