@@ -68,8 +68,8 @@ def main():
                     trigger=str(ckpt / "attacks" / attack / "trigger.pt"), defense=state,
                 )  # fmt: skip
                 result = json.loads(Path(metrics).read_text())
-                row = {"defense": args.defense, "attack": attack, "seed": seed, "params": given,
-                       "ca": result["ca"], "asr": result["asr"], "pa": result["pa"],
+                row = {"defense": args.defense, "module": module, "attack": attack, "seed": seed,
+                       "params": given, "ca": result["ca"], "asr": result["asr"], "pa": result["pa"],
                        "fit_seconds": round(fit_seconds, 1)}  # fmt: skip
                 fit_log = json.loads(Path(log).read_text())
                 row.update({key: fit_log.get(key) for key in args.show})

@@ -422,3 +422,37 @@ def test_label_loss_makes_captions_of_one_label_positives():
     # With one pair per label it is the plain CLIP loss.
     distinct = {**label_of, (0, 1, 0): "square"}
     torch.testing.assert_close(eft.label_loss(distinct)(Features(), images, tokens), plain(images, tokens))
+
+
+def test_preserving_loss_pulls_only_the_reference_images_back():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Linear(4, 3, bias=False)
+
+        def encode_image(self, images):
+            return torch.nn.functional.normalize(self.encoder(images.flatten(1)), dim=-1)
+
+    model, base = Model(), (lambda m, x, t: torch.tensor(0.0))
+    images = torch.randint(0, 256, (3, 1, 2, 2)).float() / 255
+    reference = eft.reference_features(model, images[:2], batch=1)
+    assert set(reference) == {eft.image_key(images[0]), eft.image_key(images[1])}
+    loss = eft.preserving_loss(base, reference, weight=2.0)
+    torch.testing.assert_close(loss(model, images, None), torch.tensor(0.0), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        model.encoder.weight.add_(torch.randn(3, 4))
+    moved = model.encode_image(images[:2])
+    expected = 2.0 * (1 - (moved * torch.stack(list(reference.values()))).sum(-1)).mean()
+    torch.testing.assert_close(loss(model, images, None), expected)
+    assert loss(model, images[2:], None) == 0  # an image outside the reference adds nothing
+
+
+def test_interpolate_weights_keeps_a_fraction_of_the_change():
+    module = torch.nn.BatchNorm1d(2)
+    start = {name: t.clone() for name, t in module.state_dict().items()}
+    with torch.no_grad():
+        module.weight.add_(4.0)
+        module.num_batches_tracked.add_(3)
+    eft.interpolate_weights(module, start, 0.25)
+    torch.testing.assert_close(module.weight.detach(), start["weight"] + 1.0)
+    assert module.num_batches_tracked == 3

@@ -41,6 +41,9 @@ Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` 
   the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
   once and identical captions are all positives; `positives: label` makes all captions of one label
   positives (the plain loss, `caption`, makes two pairs of one class each other's negatives).
+  `preserve` > 0 adds that weight times the cosine distance of the clean images' features (the anchors
+  and the shots) from the poisoned model's own before rectification; `interpolate` < 1 returns the
+  poisoned weights plus that fraction of the rectification's change (WiSE-FT's weight-space ensemble).
 """
 
 import json
@@ -63,7 +66,7 @@ from clip_backdoor.defenses.interface import (
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.oracle import load_segmenter
-from clip_backdoor.training import train_contrastive
+from clip_backdoor.training import clip_loss, train_contrastive
 
 PARAMS = {
     "probes": 800,
@@ -97,6 +100,8 @@ PARAMS = {
     "trainable": "all",
     "text_lr_scale": 1.0,
     "positives": "caption",
+    "preserve": 0.0,
+    "interpolate": 1.0,
     "epochs": 10,
     "batch_size": 32,
     "lr": 0.0004,
@@ -361,6 +366,46 @@ def label_loss(label_of):
     return loss_fn
 
 
+def image_key(image):
+    """A float [3,H,W] image in [0,1] made from uint8 → the bytes of that uint8 image."""
+    return (image * 255).round().byte().cpu().numpy().tobytes()
+
+
+def preserving_loss(loss_fn, reference, weight):
+    """`loss_fn` (None: the plain CLIP loss) plus `weight` times the mean cosine distance of the batch's
+    reference images from their reference features (`reference`: image_key → normalised feature)."""
+    loss_fn = loss_fn or (lambda m, x, t: clip_loss(m.encode_image(x), m.encode_text(t), m.logit_scale))
+
+    def loss(model, images, tokens):
+        value = loss_fn(model, images, tokens)
+        keys = [image_key(image) for image in images]
+        rows = [i for i, key in enumerate(keys) if key in reference]
+        if not rows:
+            return value
+        features = model.encode_image(images[rows])
+        target = torch.stack([reference[keys[i]] for i in rows]).to(features.device)
+        return value + weight * (1 - (features * target).sum(-1)).mean()
+
+    return loss
+
+
+def reference_features(model, images, batch):
+    """image_key → `model`'s normalised feature for float images [N,3,H,W] (the preservation targets)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        features = torch.cat([model.encode_image(x.to(device)) for x in images.split(batch)])
+    return {image_key(image): feature for image, feature in zip(images, features, strict=True)}
+
+
+def interpolate_weights(module, start, fraction):
+    """Move `module`'s floating-point tensors back to `start` (a state_dict) but for `fraction` of the
+    change."""
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.lerp(start[name].to(tensor.device), tensor, fraction))
+
+
 def victim_precision_recall(victims, poison_index_path, probed=None):
     """Precision and recall of the flagged victim corpus indices against the attack's poison index; recall
     is over the poisoned images among `probed` (the corpus indices the defense looked at), if given."""
@@ -605,12 +650,26 @@ def fit(ctx, params):
         raise ValueError(
             f"defenses.methods.oracle.params.positives: {params['positives']!r} (caption | label)"
         )
+    if params["preserve"] < 0 or not 0 < params["interpolate"] <= 1:
+        raise ValueError(
+            "defenses.methods.oracle.params: preserve must be ≥ 0 and interpolate in (0, 1], got "
+            f"preserve={params['preserve']!r}, interpolate={params['interpolate']!r}"
+        )
     loss_fn = None
     if params["trainable"] == "visual":
         loss_fn = frozen_text_loss({})
     elif params["positives"] == "label":
         tokens = ctx.model.tokenize(captions)
         loss_fn = label_loss({tuple(t.tolist()): name for t, name in zip(tokens, names, strict=True)})
+    if params["preserve"] > 0:
+        kept = [i for i, label in pairs if i not in victim_set and label not in affected_set]
+        clean_x = torch.cat([images[kept], shot_x])
+        reference = reference_features(ctx.model.eval(), clean_x, params["batch"])
+        loss_fn = preserving_loss(loss_fn, reference, params["preserve"])
+        log["preserved_images"] = len(reference)
+    start = None
+    if params["interpolate"] < 1:
+        start = {name: t.detach().clone() for name, t in ctx.model.clip.state_dict().items()}
     train_log = train_contrastive(
         ctx.model,
         x,
@@ -622,6 +681,8 @@ def fit(ctx, params):
         desc="oracle rectify",
         trainable=trainable,
     )
+    if start is not None:
+        interpolate_weights(ctx.model.clip, start, params["interpolate"])
     log.update(
         curve=train_log["epoch_loss"], trainable_params=count_parameters(trainable, trainable_only=True)
     )
