@@ -60,6 +60,11 @@ def clip_loss(image_features, text_features, logit_scale):
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+def plain_clip_loss(model, images, tokens):
+    """The CLIP loss of a ClipModel on an image batch and its caption tokens."""
+    return clip_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale)
+
+
 def to_float_images(batch_uint8, device):
     """uint8 [B,H,W,3] (numpy or tensor) → float [B,3,H,W] in [0,1] on `device`."""
     tensor = torch.as_tensor(np.asarray(batch_uint8)) if not torch.is_tensor(batch_uint8) else batch_uint8
@@ -134,7 +139,7 @@ def train_contrastive(
         )
         print(f"{desc}: resuming from step {step}/{total} ({state_path})")
     start = time.time() - log["seconds"]
-    loss_fn = loss_fn or (lambda m, x, t: clip_loss(m.encode_image(x), m.encode_text(t), m.logit_scale))
+    loss_fn = loss_fn or plain_clip_loss
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", mininterval=5)
     running = 0.0
     batches = array_batches if arrays else dataset_batches

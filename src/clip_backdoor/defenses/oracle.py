@@ -66,7 +66,7 @@ from clip_backdoor.defenses.interface import (
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.oracle import load_segmenter
-from clip_backdoor.training import clip_loss, train_contrastive
+from clip_backdoor.training import plain_clip_loss, train_contrastive
 
 PARAMS = {
     "probes": 800,
@@ -374,7 +374,7 @@ def image_key(image):
 def preserving_loss(loss_fn, reference, weight):
     """`loss_fn` (None: the plain CLIP loss) plus `weight` times the mean cosine distance of the batch's
     reference images from their reference features (`reference`: image_key → normalised feature)."""
-    loss_fn = loss_fn or (lambda m, x, t: clip_loss(m.encode_image(x), m.encode_text(t), m.logit_scale))
+    loss_fn = loss_fn or plain_clip_loss
 
     def loss(model, images, tokens):
         value = loss_fn(model, images, tokens)
