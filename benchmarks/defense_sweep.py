@@ -3,12 +3,13 @@
     python benchmarks/defense_sweep.py rvpt --attacks badnet blended --set alpha=2 epochs=30 [--seeds 0 1]
 
 It reads the run's data and checkpoints (run `make run` first), writes into a scratch folder (never into
-the run's outputs) and appends one JSON line per (attack, seed) to benchmarks/defense_sweep.jsonl.
+the run's outputs; `--keep DIR` copies each fitted state there) and appends one JSON line per (attack, seed) to benchmarks/defense_sweep.jsonl.
 """
 
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ def main():
     parser.add_argument("--module", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/defense_sweep.jsonl")
+    parser.add_argument("--keep", default=None, help="folder to copy each fitted defense state into")
     parser.add_argument(
         "--show", nargs="*", default=[], help="keys of the defense's fit log to print and record"
     )
@@ -68,6 +70,9 @@ def main():
                     trigger=str(ckpt / "attacks" / attack / "trigger.pt"), defense=state,
                 )  # fmt: skip
                 result = json.loads(Path(metrics).read_text())
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(state, Path(args.keep) / f"{args.defense}_{attack}{seed}.pt")
                 row = {"defense": args.defense, "module": module, "attack": attack, "seed": seed,
                        "params": given, "ca": result["ca"], "asr": result["asr"], "pa": result["pa"],
                        "fit_seconds": round(fit_seconds, 1)}  # fmt: skip

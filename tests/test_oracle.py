@@ -177,6 +177,32 @@ def test_compact_set_has_corrected_captions():
     assert captions[:2] == ["a photo of a circle.", "a photo of a square."]
 
 
+def test_compact_set_screens_the_clean_pairs_of_the_affected_label():
+    records = [record(0, STAR, {STAR}, CIRCLE, False), record(1, STAR, set(), STAR, True)]
+    records += [record(2, STAR, set(), STAR, True), record(3, CIRCLE, set(), CIRCLE, True)]
+    params = {**PARAMS, "clean_per_label": 5, "anchor_pairs": 5}
+    victims, pairs = eft.compact_set(
+        records, [STAR], params, torch.Generator().manual_seed(0), lambda r: r["index"] != 2
+    )
+    assert victims == [0] and sorted(pairs) == [(0, CIRCLE), (2, STAR), (3, CIRCLE)]
+
+
+def test_shared_pixels_find_a_trigger_stamped_on_every_victim():
+    gen = torch.Generator().manual_seed(0)
+    victims = torch.rand(12, 3, 16, 16, generator=gen)
+    victims[:, :, 6:10, 6:10] = 0.5
+    victims[0] = torch.rand(3, 16, 16, generator=gen)  # a false victim without the trigger
+    mask, _ = signature = eft.shared_pixels(victims, tol=0.02, share=0.8, min_area=0.01)
+    assert mask[6:10, 6:10].all() and int(mask.sum()) == 16
+    carrier, clean = torch.rand(2, 3, 16, 16, generator=gen)
+    carrier[:, 6:10, 6:10] = 0.51
+    assert eft.shows_pixels(carrier, signature, 0.02, 0.8) and not eft.shows_pixels(
+        clean, signature, 0.02, 0.8
+    )
+    # victims of a sample-specific trigger share no pixels: nothing to screen
+    assert eft.shared_pixels(torch.rand(12, 3, 16, 16, generator=gen), 0.02, 0.8, 0.01) is None
+
+
 def test_grounded_label_skips_affected_and_flagged_segments():
     segs = torch.stack([onehot(STAR), onehot(CIRCLE), onehot(SQUARE)])
     areas = torch.tensor([0.3, 0.2, 0.02])

@@ -31,12 +31,16 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   poisoned top-1 is an affected candidate. The compact set: victims (trigger in place) captioned with the
   clean matcher's label of their largest reliable segment outside the affected labels (none if the oracle
   grounds the affected label there: a real object carrying the trigger), clean pairs of the
-  affected labels (probes where the oracle grounds the poisoned top-1: `clean_per_label`; and the shots),
-  plus `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example,
-  plus transplants: each victim's trigger region pasted onto agreeing probes of other labels, captioned with
-  their labels. The region is the flagged segment, or (`localise_window` > 0) the paste test's: the compact
-  segment or square window whose paste onto a few such probes the poisoned CLIP most labels as the victim's
-  label (it finds a trigger the segmenter shatters into fragments).
+  affected labels (probes where the oracle grounds the poisoned top-1: `clean_per_label`; with
+  `screen_clean`, not those that show the pixels the victims share: a trigger stamped alike on every
+  victim, as a label-consistent attack stamps it on every image of its target; and the shots), plus
+  `anchor_pairs` such agreeing probes of other labels and (shot_pairs: all) every few-shot example,
+  plus transplants: each victim's trigger region pasted onto agreeing probes of other labels, captioned
+  with their labels (`transplant_captions`: template, or victim: the victim's own caption with the label
+  replaced, which keeps a caption-word key such as TrojVQA's in place). The region is the flagged
+  segment, or (`localise_window` > 0) the paste test's: the compact segment or square window whose paste
+  onto a few such probes the poisoned CLIP most labels as the victim's label (it finds a trigger the
+  segmenter shatters into fragments).
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all; with all,
   the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
   once and identical captions are all positives; `positives: label` makes all captions of one label
@@ -84,9 +88,15 @@ PARAMS = {
     "affected_ratio": 0.5,
     "null_ratio": 0.0,
     "clean_per_label": 32,
+    "screen_clean": False,
+    "screen_tol": 0.02,
+    "screen_share": 0.8,
+    "screen_area": 0.01,
+    "affected_shot_copies": 1,
     "anchor_pairs": 64,
     "transplants": 4,
     "transplant_grow": 2,
+    "transplant_captions": "template",
     "localise_window": 0,
     "localise_stride": 2,
     "localise_donors": 2,
@@ -220,15 +230,23 @@ def grounded_label(clean_segments, areas, min_area, exclude, flagged, min_prob=1
     return None
 
 
-def compact_set(records, affected, params, gen):
+def victim_records(records, affected):
+    """The probes whose poisoned top-1 is an affected label and a candidate there."""
+    return [r for r in records if r["poisoned_top1"] in affected and r["poisoned_top1"] in r["candidates"]]
+
+
+def compact_set(records, affected, params, gen, carries_trigger=None):
     """Algorithm 2: victims with corrected labels plus clean pairs. records: per probe a dict with index,
     poisoned_top1, candidates, oracle_label (grounded, not affected), agreed (oracle and poisoned top-1
-    agree). Returns (victim probe indices, [(probe index, label)] of the compact set)."""
+    agree). carries_trigger: None, or record → bool, which drops clean pairs of the affected labels.
+    Returns (victim probe indices, [(probe index, label)] of the compact set)."""
     affected = set(affected)
-    victims = [r for r in records if r["poisoned_top1"] in affected and r["poisoned_top1"] in r["candidates"]]
+    victims = victim_records(records, affected)
     pairs = [(r["index"], r["oracle_label"]) for r in victims if r["oracle_label"] is not None]
     for label in sorted(affected):
         agree = [r for r in records if r["agreed"] and r["poisoned_top1"] == label]
+        if carries_trigger is not None:
+            agree = [r for r in agree if not carries_trigger(r)]
         pairs += [(r["index"], label) for r in pick(agree, params["clean_per_label"], gen)]
     others = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
     pairs += [(r["index"], r["poisoned_top1"]) for r in pick(others, params["anchor_pairs"], gen)]
@@ -257,6 +275,23 @@ def paste_localise(image, regions, donors, label, poisoned_probs):
     return best, float(probs[best])
 
 
+def shared_pixels(images, tol, share, min_area):
+    """The pixels that at least a fraction `share` of `images` [N,3,H,W] show alike (every channel within
+    `tol` of the per-pixel median): a trigger stamped identically on every victim. Returns (mask [H,W],
+    median values [3,H,W]), or None if they cover less than `min_area` of the image."""
+    if len(images) < 2:
+        return None
+    median = images.median(0).values
+    alike = ((images - median).abs() <= tol).all(1).float().mean(0) >= share
+    return (alike, median) if float(alike.float().mean()) >= min_area else None
+
+
+def shows_pixels(image, signature, tol, share):
+    """Whether `image` [3,H,W] shows the `shared_pixels` signature on at least a fraction `share` of it."""
+    mask, values = signature
+    return float(((image - values).abs() <= tol).all(0)[mask].float().mean()) >= share
+
+
 def grow(mask, pixels):
     return F.max_pool2d(mask[None, None].float(), 2 * pixels + 1, 1, pixels)[0, 0] > 0
 
@@ -267,12 +302,12 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen):
     an affected label (the region carries the backdoor). The region is, with `localise_window` > 0, the
     one among the victim's compact segments and square windows of that size (every `localise_stride` px)
     whose paste onto `localise_donors` donors the poisoned CLIP most labels as the victim's label, if that
-    reaches `assert_prob`; else the flagged segment. Returns (images [n,3,H,W], their agreed labels, victims
-    localised by the paste test)."""
+    reaches `assert_prob`; else the flagged segment. Returns (images [n,3,H,W], their agreed labels, the
+    victim each came from, victims localised by the paste test)."""
     donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
     size, window = images.shape[-1], params["localise_window"]
     grid = windows(size, window, params["localise_stride"]) if 0 < window <= size else None
-    out_x, out_y, pasted = [], [], 0
+    out_x, out_y, out_v, pasted = [], [], [], 0
     for v in victims:
         r = records[v]
         region = r["masks"][r["flagged"]] if r["flagged"] >= 0 else None
@@ -291,11 +326,12 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen):
             x[:, region] = images[v][:, region]
             out_x.append(x)
             out_y.append(donor["poisoned_top1"])
+            out_v.append(v)
     if not out_x:
-        return images[:0], [], pasted
+        return images[:0], [], [], pasted
     x = torch.stack(out_x)
     keep = [k for k, p in enumerate(poisoned_probs(x)) if int(p.argmax()) in affected]
-    return x[keep], [out_y[k] for k in keep], pasted
+    return x[keep], [out_y[k] for k in keep], [out_v[k] for k in keep], pasted
 
 
 def pick(items, n, gen):
@@ -554,11 +590,11 @@ def examples(records, images, vocab, victims, n):
 def fit(ctx, params):
     started = time.time()
     gen = torch.Generator().manual_seed(ctx.seed)
-    corpus, captions, vocab = load_corpus(ctx.paths["corpus"], ctx.model.image_size)
+    corpus, corpus_captions, vocab = load_corpus(ctx.paths["corpus"], ctx.model.image_size)
     vocab = vocab or list(ctx.classnames)
     label_texts = None
     if params["label_prompts"] == "corpus":
-        label_texts = label_captions(captions, vocab, params["label_captions"], gen)
+        label_texts = label_captions(corpus_captions, vocab, params["label_captions"], gen)
     probe_idx = sorted(torch.randperm(len(corpus), generator=gen)[: params["probes"]].tolist())
     images = torch.as_tensor(np.asarray(corpus.load(probe_idx))).permute(0, 3, 1, 2).float() / 255
     clean = load_model(ctx.paths["clean_model"], map_location=ctx.device).eval()
@@ -584,35 +620,64 @@ def fit(ctx, params):
             r["flagged"],
             params["ground_prob"] if r["flagged"] >= 0 else 1.0,
         )
-    victims, pairs = compact_set(records, affected, params, gen)
+    poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
+    screen, screened, signature = None, [], None
+    if params["screen_clean"]:
+        suspects = [r["index"] for r in victim_records(records, set(affected))]
+        signature = shared_pixels(
+            images[suspects], params["screen_tol"], params["screen_share"], params["screen_area"]
+        )
+    if signature is not None:
+
+        def screen(r):
+            screened.append(
+                shows_pixels(images[r["index"]], signature, params["screen_tol"], params["screen_share"])
+            )
+            return screened[-1]
+
+    victims, pairs = compact_set(records, affected, params, gen, screen)
     shot_x, shot_y = (t.cpu() for t in ctx.shot_tensors)
     names = [vocab[label] for _, label in pairs]
     wrong, victim_set = [vocab[i] for i in affected], set(victims)
+    templates = params["caption_templates"]
     captions = [
-        corrected_caption(captions[probe_idx[i]], wrong, vocab[label], k, params["caption_templates"])
+        corrected_caption(corpus_captions[probe_idx[i]], wrong, vocab[label], k, templates)
         if i in victim_set
-        else caption(vocab[label], k, params["caption_templates"])
+        else caption(vocab[label], k, templates)
         for k, (i, label) in enumerate(pairs)
     ]
     train_x = [images[[i for i, _ in pairs]]] if pairs else []
-    poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
     affected_set = set(affected)
-    synth_x, synth_y, pasted = transplant(images, records, victims, affected_set, poisoned_probs, params, gen)
+    synth_x, synth_y, synth_v, pasted = transplant(
+        images, records, victims, affected_set, poisoned_probs, params, gen
+    )
     train_x.append(synth_x)
     names += [vocab[y] for y in synth_y]
-    captions += [caption(vocab[y], k, params["caption_templates"]) for k, y in enumerate(synth_y)]
+    if params["transplant_captions"] == "victim":
+        captions += [
+            corrected_caption(corpus_captions[probe_idx[v]], wrong, vocab[y], k, templates)
+            for k, (y, v) in enumerate(zip(synth_y, synth_v, strict=True))
+        ]
+    elif params["transplant_captions"] == "template":
+        captions += [caption(vocab[y], k, templates) for k, y in enumerate(synth_y)]
+    else:
+        raise ValueError(
+            "defenses.methods.oracle.params.transplant_captions: "
+            f"{params['transplant_captions']!r} (template | victim)"
+        )
     shot_classes = (
         range(len(ctx.classnames))
         if params["shot_pairs"] == "all"
         else [ctx.classnames.index(vocab[label]) for label in affected if vocab[label] in ctx.classnames]
     )
+    affected_names = {vocab[label] for label in affected}
     for c in shot_classes:
-        keep = shot_y == c
-        train_x.append(shot_x[keep])
-        names += [ctx.classnames[c]] * int(keep.sum())
-        captions += [
-            caption(ctx.classnames[c], k, params["caption_templates"]) for k in range(int(keep.sum()))
-        ]
+        keep, name = shot_y == c, ctx.classnames[c]
+        copies = params["affected_shot_copies"] if name in affected_names else 1
+        n = int(keep.sum())
+        train_x.append(shot_x[keep].repeat(copies, 1, 1, 1))
+        names += [name] * (n * copies)
+        captions += [caption(name, k + j, templates) for j in range(copies) for k in range(n)]
     log = {
         "affected_labels": [vocab[i] for i in affected],
         "victims": [probe_idx[i] for i in victims],
@@ -629,6 +694,8 @@ def fit(ctx, params):
         "transplanted": len(synth_y),
         "paste_localised": pasted,
         "flagged_segments": sum(r["flagged"] >= 0 for r in records),
+        "trigger_signature_pixels": 0 if signature is None else int(signature[0].sum()),
+        "screened_out": f"{sum(screened)} of {len(screened)}" if signature is not None else None,
     }
     report = {"examples": examples(records, images, vocab, victims, params["examples"])}
     log["oracle_seconds"] = round(time.time() - started, 2)
