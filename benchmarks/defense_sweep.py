@@ -3,7 +3,8 @@
     python benchmarks/defense_sweep.py rvpt --attacks badnet blended --set alpha=2 epochs=30 [--seeds 0 1]
 
 It reads the run's data and checkpoints (run `make run` first), writes into a scratch folder (never into
-the run's outputs; `--keep DIR` copies each fitted state there) and appends one JSON line per (attack, seed) to benchmarks/defense_sweep.jsonl.
+the run's outputs; `--keep DIR` copies each fitted state there) and appends one JSON line per
+(attack, seed) to benchmarks/defense_sweep.jsonl.
 """
 
 import argparse

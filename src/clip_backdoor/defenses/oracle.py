@@ -620,7 +620,6 @@ def fit(ctx, params):
             r["flagged"],
             params["ground_prob"] if r["flagged"] >= 0 else 1.0,
         )
-    poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
     screen, screened, signature = None, [], None
     if params["screen_clean"]:
         suspects = [r["index"] for r in victim_records(records, set(affected))]
@@ -647,6 +646,7 @@ def fit(ctx, params):
         for k, (i, label) in enumerate(pairs)
     ]
     train_x = [images[[i for i, _ in pairs]]] if pairs else []
+    poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
     affected_set = set(affected)
     synth_x, synth_y, synth_v, pasted = transplant(
         images, records, victims, affected_set, poisoned_probs, params, gen
