@@ -203,6 +203,35 @@ def test_shared_pixels_find_a_trigger_stamped_on_every_victim():
     assert eft.shared_pixels(torch.rand(12, 3, 16, 16, generator=gen), 0.02, 0.8, 0.01) is None
 
 
+def test_transplant_pastes_exactly_the_shared_region_and_keeps_what_carries_the_backdoor():
+    # a poisoned CLIP that says star whenever the 4x4 centre block is white; two victims, three donors
+    images = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(0)) * 0.5
+    images[:2, :, 4:8, 4:8] = 1.0
+    region = torch.zeros(12, 12, dtype=torch.bool)
+    region[4:8, 4:8] = True
+
+    def poisoned_probs(x):
+        star = (x[:, :, 4:8, 4:8] == 1.0).flatten(1).all(1)
+        return torch.stack([onehot(STAR) if s else onehot(CIRCLE) for s in star])
+
+    no_segments = {"masks": [], "areas": [], "flagged": -1}
+    records = [{**record(i, STAR, {STAR}, None, False), "probe": i, **no_segments} for i in range(2)]
+    records += [{**record(i, CIRCLE, set(), CIRCLE, True), "probe": i, **no_segments} for i in range(2, 5)]
+    params = {**PARAMS, "transplants": 2, "localise_window": 4, "transplant_grow": 2}
+    gen = torch.Generator().manual_seed(0)
+    x, labels, sources, pasted = eft.transplant(
+        images, records, [0, 1], {STAR}, poisoned_probs, params, gen, region
+    )
+    assert len(x) == 4 and labels == [CIRCLE] * 4 and sources == [0, 0, 1, 1] and pasted == 0
+    # outside the region (not grown) each is one donor, inside it the trigger
+    assert all(any(img[:, ~region].equal(d[:, ~region]) for d in images[2:]) for img in x)
+    assert x[:, :, region].eq(1.0).all()
+    half = region.clone()
+    half[4:8, 6:8] = False  # half the trigger carries no backdoor: nothing kept
+    x, *_ = eft.transplant(images, records, [0, 1], {STAR}, poisoned_probs, params, gen, half)
+    assert len(x) == 0
+
+
 def test_grounded_label_skips_affected_and_flagged_segments():
     segs = torch.stack([onehot(STAR), onehot(CIRCLE), onehot(SQUARE)])
     areas = torch.tensor([0.3, 0.2, 0.02])
@@ -482,3 +511,12 @@ def test_interpolate_weights_keeps_a_fraction_of_the_change():
     eft.interpolate_weights(module, start, 0.25)
     torch.testing.assert_close(module.weight.detach(), start["weight"] + 1.0)
     assert module.num_batches_tracked == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, "typo") for key in eft.CHOICES] + [("preserve", -1.0), ("interpolate", 0.0)],
+)
+def test_a_bad_choice_or_weight_names_its_key_before_any_work(key, value):
+    with pytest.raises(ValueError, match=key):
+        eft.fit(None, {**eft.PARAMS, key: value})

@@ -40,7 +40,8 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   replaced, which keeps a caption-word key such as TrojVQA's in place). The region is the flagged
   segment, or (`localise_window` > 0) the paste test's: the compact segment or square window whose paste
   onto a few such probes the poisoned CLIP most labels as the victim's label (it finds a trigger the
-  segmenter shatters into fragments).
+  segmenter shatters into fragments); with `transplant_region: signature`, when the victims share
+  pixels (`shared_pixels`), those pixels exactly, ungrown.
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all; with all,
   the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
   once and identical captions are all positives; `positives: label` makes all captions of one label
@@ -97,6 +98,7 @@ PARAMS = {
     "transplants": 4,
     "transplant_grow": 2,
     "transplant_captions": "template",
+    "transplant_region": "localised",
     "localise_window": 0,
     "localise_stride": 2,
     "localise_donors": 2,
@@ -121,6 +123,26 @@ PARAMS = {
     "examples": 4,
 }
 INPUTS = ("clean_model", "segmenter", "corpus")
+CHOICES = {
+    "label_prompts": ("corpus", "templates"),
+    "transplant_captions": ("template", "victim"),
+    "transplant_region": ("localised", "signature"),
+    "shot_pairs": ("all", "affected"),
+    "trainable": ("all", "visual"),
+    "positives": ("caption", "label"),
+}
+
+
+def check_params(params):
+    """Fail before any work on a choice key outside its options or an out-of-range weight."""
+    for key, options in CHOICES.items():
+        if params[key] not in options:
+            raise ValueError(f"defenses.methods.oracle.params.{key}: {params[key]!r} ({' | '.join(options)})")
+    if params["preserve"] < 0 or not 0 < params["interpolate"] <= 1:
+        raise ValueError(
+            "defenses.methods.oracle.params: preserve must be ≥ 0 and interpolate in (0, 1], got "
+            f"preserve={params['preserve']!r}, interpolate={params['interpolate']!r}"
+        )
 
 
 def crops(image, masks, fill):
@@ -296,21 +318,22 @@ def grow(mask, pixels):
     return F.max_pool2d(mask[None, None].float(), 2 * pixels + 1, 1, pixels)[0, 0] > 0
 
 
-def transplant(images, records, victims, affected, poisoned_probs, params, gen):
+def transplant(images, records, victims, affected, poisoned_probs, params, gen, region=None):
     """Synthetic victims: each victim's trigger region (grown by `transplant_grow` pixels) pasted onto
     `transplants` probes the oracle agrees on, of other labels; kept only if the poisoned CLIP then predicts
     an affected label (the region carries the backdoor). The region is, with `localise_window` > 0, the
     one among the victim's compact segments and square windows of that size (every `localise_stride` px)
     whose paste onto `localise_donors` donors the poisoned CLIP most labels as the victim's label, if that
-    reaches `assert_prob`; else the flagged segment. Returns (images [n,3,H,W], their agreed labels, the
+    reaches `assert_prob`; else the flagged segment. A given `region` (bool [H,W]) is every victim's,
+    ungrown. Returns (images [n,3,H,W], their agreed labels, the
     victim each came from, victims localised by the paste test)."""
     donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
     size, window = images.shape[-1], params["localise_window"]
-    grid = windows(size, window, params["localise_stride"]) if 0 < window <= size else None
-    out_x, out_y, out_v, pasted = [], [], [], 0
+    grid = windows(size, window, params["localise_stride"]) if 0 < window <= size and region is None else None
+    shared, out_x, out_y, out_v, pasted = region, [], [], [], 0
     for v in victims:
         r = records[v]
-        region = r["masks"][r["flagged"]] if r["flagged"] >= 0 else None
+        region = shared if shared is not None else r["masks"][r["flagged"]] if r["flagged"] >= 0 else None
         if grid is not None and donors:
             masks = [m for m, a in zip(r["masks"], r["areas"], strict=True) if a <= params["compact_area"]]
             regions = torch.cat([torch.stack(masks), grid]) if masks else grid
@@ -320,7 +343,8 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen):
                 region, pasted = regions[best], pasted + 1
         if region is None:
             continue
-        region = grow(region, params["transplant_grow"])
+        if shared is None:
+            region = grow(region, params["transplant_grow"])
         for donor in pick(donors, params["transplants"], gen):
             x = images[donor["probe"]].clone()
             x[:, region] = images[v][:, region]
@@ -588,6 +612,7 @@ def examples(records, images, vocab, victims, n):
 
 
 def fit(ctx, params):
+    check_params(params)
     started = time.time()
     gen = torch.Generator().manual_seed(ctx.seed)
     corpus, corpus_captions, vocab = load_corpus(ctx.paths["corpus"], ctx.model.image_size)
@@ -621,12 +646,12 @@ def fit(ctx, params):
             params["ground_prob"] if r["flagged"] >= 0 else 1.0,
         )
     screen, screened, signature = None, [], None
-    if params["screen_clean"]:
+    if params["screen_clean"] or params["transplant_region"] == "signature":
         suspects = [r["index"] for r in victim_records(records, set(affected))]
         signature = shared_pixels(
             images[suspects], params["screen_tol"], params["screen_share"], params["screen_area"]
         )
-    if signature is not None:
+    if signature is not None and params["screen_clean"]:
 
         def screen(r):
             screened.append(
@@ -648,8 +673,9 @@ def fit(ctx, params):
     train_x = [images[[i for i, _ in pairs]]] if pairs else []
     poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
     affected_set = set(affected)
+    region = signature[0] if signature is not None and params["transplant_region"] == "signature" else None
     synth_x, synth_y, synth_v, pasted = transplant(
-        images, records, victims, affected_set, poisoned_probs, params, gen
+        images, records, victims, affected_set, poisoned_probs, params, gen, region
     )
     train_x.append(synth_x)
     names += [vocab[y] for y in synth_y]
@@ -658,13 +684,8 @@ def fit(ctx, params):
             corrected_caption(corpus_captions[probe_idx[v]], wrong, vocab[y], k, templates)
             for k, (y, v) in enumerate(zip(synth_y, synth_v, strict=True))
         ]
-    elif params["transplant_captions"] == "template":
-        captions += [caption(vocab[y], k, templates) for k, y in enumerate(synth_y)]
     else:
-        raise ValueError(
-            "defenses.methods.oracle.params.transplant_captions: "
-            f"{params['transplant_captions']!r} (template | victim)"
-        )
+        captions += [caption(vocab[y], k, templates) for k, y in enumerate(synth_y)]
     shot_classes = (
         range(len(ctx.classnames))
         if params["shot_pairs"] == "all"
@@ -695,7 +716,7 @@ def fit(ctx, params):
         "paste_localised": pasted,
         "flagged_segments": sum(r["flagged"] >= 0 for r in records),
         "trigger_signature_pixels": 0 if signature is None else int(signature[0].sum()),
-        "screened_out": f"{sum(screened)} of {len(screened)}" if signature is not None else None,
+        "screened_out": f"{sum(screened)} of {len(screened)}" if screen is not None else None,
     }
     report = {"examples": examples(records, images, vocab, victims, params["examples"])}
     log["oracle_seconds"] = round(time.time() - started, 2)
@@ -704,8 +725,6 @@ def fit(ctx, params):
         return {**model_state(ctx.model), "report": report}, log
     x = (torch.cat(train_x).permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
     trainable = ctx.model.clip if params["trainable"] == "all" else ctx.model.clip.visual
-    if params["trainable"] not in ("all", "visual"):
-        raise ValueError(f"defenses.methods.oracle.params.trainable: {params['trainable']!r} (visual | all)")
     for p in trainable.parameters():
         p.requires_grad_(True)
     hp = {
@@ -713,15 +732,6 @@ def fit(ctx, params):
         for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "text_lr_scale")
     }
     hp.update(seed=ctx.seed, save_every_epochs=max(1, params["epochs"]))
-    if params["positives"] not in ("caption", "label"):
-        raise ValueError(
-            f"defenses.methods.oracle.params.positives: {params['positives']!r} (caption | label)"
-        )
-    if params["preserve"] < 0 or not 0 < params["interpolate"] <= 1:
-        raise ValueError(
-            "defenses.methods.oracle.params: preserve must be ≥ 0 and interpolate in (0, 1], got "
-            f"preserve={params['preserve']!r}, interpolate={params['interpolate']!r}"
-        )
     loss_fn = None
     if params["trainable"] == "visual":
         loss_fn = frozen_text_loss({})
