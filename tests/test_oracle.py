@@ -230,6 +230,10 @@ def test_transplant_pastes_exactly_the_shared_region_and_keeps_what_carries_the_
     half[4:8, 6:8] = False  # half the trigger carries no backdoor: nothing kept
     x, *_ = eft.transplant(images, records, [0, 1], {STAR}, poisoned_probs, params, gen, half)
     assert len(x) == 0
+    # signature_transplants spreads a total over the victims: 5 in all is 3 donors each
+    params = {**params, "signature_transplants": 5}
+    x, _, sources, _ = eft.transplant(images, records, [0, 1], {STAR}, poisoned_probs, params, gen, region)
+    assert sources == [0, 0, 0, 1, 1, 1]
 
 
 def test_grounded_label_skips_affected_and_flagged_segments():

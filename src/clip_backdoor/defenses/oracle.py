@@ -41,7 +41,8 @@ Algorithm 2 (`affected_labels`, `compact_set`): the affected labels are candidat
   segment, or (`localise_window` > 0) the paste test's: the compact segment or square window whose paste
   onto a few such probes the poisoned CLIP most labels as the victim's label (it finds a trigger the
   segmenter shatters into fragments); with `transplant_region: signature`, when the victims share
-  pixels (`shared_pixels`), those pixels exactly, ungrown.
+  pixels (`shared_pixels`), those pixels exactly, ungrown, on at least `signature_transplants` donors
+  in all (a few victims then still give many transplants).
 Rectification: the CLIP contrastive loss on the compact set, tuning `trainable` (visual | all; with all,
   the text tower at `text_lr_scale` of the lr); with a frozen text tower the caption features are computed
   once and identical captions are all positives; `positives: label` makes all captions of one label
@@ -99,6 +100,7 @@ PARAMS = {
     "transplant_grow": 2,
     "transplant_captions": "template",
     "transplant_region": "localised",
+    "signature_transplants": 0,
     "localise_window": 0,
     "localise_stride": 2,
     "localise_donors": 2,
@@ -325,12 +327,15 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen, 
     one among the victim's compact segments and square windows of that size (every `localise_stride` px)
     whose paste onto `localise_donors` donors the poisoned CLIP most labels as the victim's label, if that
     reaches `assert_prob`; else the flagged segment. A given `region` (bool [H,W]) is every victim's,
-    ungrown. Returns (images [n,3,H,W], their agreed labels, the
-    victim each came from, victims localised by the paste test)."""
+    ungrown, pasted at least `signature_transplants` times in all. Returns (images [n,3,H,W], their agreed
+    labels, the victim each came from, victims localised by the paste test)."""
     donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
     size, window = images.shape[-1], params["localise_window"]
     grid = windows(size, window, params["localise_stride"]) if 0 < window <= size and region is None else None
     shared, out_x, out_y, out_v, pasted = region, [], [], [], 0
+    per_victim = params["transplants"]
+    if shared is not None and victims:
+        per_victim = max(per_victim, -(-params["signature_transplants"] // len(victims)))
     for v in victims:
         r = records[v]
         region = shared if shared is not None else r["masks"][r["flagged"]] if r["flagged"] >= 0 else None
@@ -345,7 +350,7 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen, 
             continue
         if shared is None:
             region = grow(region, params["transplant_grow"])
-        for donor in pick(donors, params["transplants"], gen):
+        for donor in pick(donors, per_victim, gen):
             x = images[donor["probe"]].clone()
             x[:, region] = images[v][:, region]
             out_x.append(x)
