@@ -320,19 +320,19 @@ def grow(mask, pixels):
     return F.max_pool2d(mask[None, None].float(), 2 * pixels + 1, 1, pixels)[0, 0] > 0
 
 
-def transplant(images, records, victims, affected, poisoned_probs, params, gen, region=None):
+def transplant(images, records, victims, affected, poisoned_probs, params, gen, shared=None):
     """Synthetic victims: each victim's trigger region (grown by `transplant_grow` pixels) pasted onto
     `transplants` probes the oracle agrees on, of other labels; kept only if the poisoned CLIP then predicts
     an affected label (the region carries the backdoor). The region is, with `localise_window` > 0, the
     one among the victim's compact segments and square windows of that size (every `localise_stride` px)
     whose paste onto `localise_donors` donors the poisoned CLIP most labels as the victim's label, if that
-    reaches `assert_prob`; else the flagged segment. A given `region` (bool [H,W]) is every victim's,
+    reaches `assert_prob`; else the flagged segment. A `shared` region (bool [H,W]) is every victim's,
     ungrown, pasted at least `signature_transplants` times in all. Returns (images [n,3,H,W], their agreed
     labels, the victim each came from, victims localised by the paste test)."""
     donors = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
     size, window = images.shape[-1], params["localise_window"]
-    grid = windows(size, window, params["localise_stride"]) if 0 < window <= size and region is None else None
-    shared, out_x, out_y, out_v, pasted = region, [], [], [], 0
+    grid = windows(size, window, params["localise_stride"]) if 0 < window <= size and shared is None else None
+    out_x, out_y, out_v, pasted = [], [], [], 0
     per_victim = params["transplants"]
     if shared is not None and victims:
         per_victim = max(per_victim, -(-params["signature_transplants"] // len(victims)))
@@ -651,7 +651,8 @@ def fit(ctx, params):
             params["ground_prob"] if r["flagged"] >= 0 else 1.0,
         )
     screen, screened, signature = None, [], None
-    if params["screen_clean"] or params["transplant_region"] == "signature":
+    paste_signature = params["transplant_region"] == "signature"
+    if params["screen_clean"] or paste_signature:
         suspects = [r["index"] for r in victim_records(records, set(affected))]
         signature = shared_pixels(
             images[suspects], params["screen_tol"], params["screen_share"], params["screen_area"]
@@ -678,9 +679,9 @@ def fit(ctx, params):
     train_x = [images[[i for i, _ in pairs]]] if pairs else []
     poisoned_probs = lambda x: probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
     affected_set = set(affected)
-    region = signature[0] if signature is not None and params["transplant_region"] == "signature" else None
+    shared = signature[0] if signature is not None and paste_signature else None
     synth_x, synth_y, synth_v, pasted = transplant(
-        images, records, victims, affected_set, poisoned_probs, params, gen, region
+        images, records, victims, affected_set, poisoned_probs, params, gen, shared
     )
     train_x.append(synth_x)
     names += [vocab[y] for y in synth_y]
