@@ -28,14 +28,14 @@ WORKFLOW_FILES = [
 
 
 def copy_workflow(dest):
-    """A copy of the workflow (no data, results or checkpoints) in `dest`."""
+    """A copy of the workflow (no data, results, checkpoints or a run's DVC pointers) in `dest`."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(
-                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "synthetic", "smoke")
+                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "synthetic", "smoke", "*.dvc")
             )
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
