@@ -4,6 +4,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from clip_backdoor.config.modules import imported_files, module_file, module_inputs, stage_files
+
 RUN = config["run"]
 SRC = Path(os.path.relpath(Path(workflow.basedir) / "src" / "clip_backdoor"))
 # Jobs run this workflow's own sources with the interpreter that runs Snakemake.
@@ -28,43 +30,26 @@ REPORT_DIR = f"report/{RUN}"
 # Resume state of training jobs: not a declared output, and outside checkpoints/<run>, which DVC tracks.
 STATE_DIR = f"state/{RUN}"
 
-# Source modules each stage really runs: editing one reruns that stage's jobs and what follows.
-COMMON_SOURCES = ["__main__.py", "runtime/io.py", "runtime/seeding.py", "runtime/device.py", "runtime/usage.py"]
-STAGE_SOURCES = {
-    "prepare_data": ["data/prepare.py", "data/embedded.py", "data/world.py", "data/paper.py"],
-    "pretrain": ["pretrain.py", "training.py", "models/factory.py", "models/configs/"
-                 + config["model"]["arch"].get("config", "tiny-convvit") + ".json", "data/embedded.py"],
-    "evaluate": ["evaluation/evaluate.py", "evaluation/metrics.py", "models/factory.py", "models/zeroshot.py",
-                 "data/downstream.py", "data/embedded.py", "data/paper.py", "attacks/record.py",
-                 "attacks/__init__.py", "attacks/patching.py", "defenses/__init__.py", "defenses/interface.py"],
-    "make_trigger": ["attacks/__init__.py", "attacks/artefact.py", "attacks/record.py", "attacks/patch_opt.py",
-                     "attacks/patching.py", "models/factory.py", "models/zeroshot.py", "data/embedded.py", "data/corpus.py",
-                     "data/paper.py", "training.py"],
-    "poison_data": ["attacks/poison.py", "attacks/record.py", "attacks/artefact.py", "attacks/__init__.py",
-                    "attacks/patching.py", "data/embedded.py", "data/corpus.py", "data/paper.py"],
-    "poison_finetune": ["attacks/finetune.py", "training.py", "models/factory.py", "data/embedded.py",
-                        "data/corpus.py"],
-    "asr_gate": ["attacks/gate.py"],
-    "train_oracle": ["oracle/train.py", "oracle/__init__.py", "oracle/segmenter.py", "oracle/fastsam.py",
-                     "data/embedded.py", "data/world.py"],
-    # plus the defense's module and what it imports (defense_sources)
-    "defend": ["defenses/defend.py", "defenses/__init__.py", "defenses/interface.py", "models/factory.py",
-               "models/zeroshot.py", "data/downstream.py", "data/embedded.py", "data/paper.py"],
-    "summarize": ["report/summarize.py"],
-    "report": ["report/build.py", "report/figures.py", "report/tables.py"],
+# Each stage's sources are the package files it really imports (read with `ast`, transitively, from
+# __main__ and the stage's module): editing one reruns exactly the jobs that run it and what follows.
+# A trigger module counts only for its own attack's jobs; the stage's data files are added by name.
+STAGE_DATA = {
+    "pretrain": [f"models/configs/{config['model']['arch'].get('config', 'tiny-convvit')}.json"],
+    "report": ["report/published.yaml"],
 }
 
 
-# The trigger module(s) of each attack: editing one reruns only that attack's jobs.
-ATTACK_MODULES = {"badnet_lc": ["attacks/badnet_lc.py", "attacks/badnet.py"]}
+def sources(stage, attacks=()):
+    """The package files a stage runs (for the attacks given: one name or several), as workflow inputs."""
+    files = {as_source(path) for path in stage_files(stage, attacks)}
+    return sorted(files | {str(SRC / path) for path in STAGE_DATA.get(stage, [])})
 
 
-def sources(stage, attack=None):
-    """The package files a stage runs (for one attack, if given), as workflow inputs."""
-    paths = COMMON_SOURCES + STAGE_SOURCES[stage]
-    if attack not in (None, "clean"):
-        paths = paths + ATTACK_MODULES.get(attack, [f"attacks/{attack}.py"])
-    return [str(SRC / path) for path in paths]
+def as_source(path):
+    """A source file as a workflow input: under this workflow's src/ relative to it, others as found."""
+    package = SRC.resolve()
+    path = Path(path)
+    return str(SRC / path.relative_to(package)) if path.is_relative_to(package) else os.path.relpath(path)
 
 
 def as_json(obj):
@@ -168,7 +153,7 @@ def metric_files():
 def run_targets():
     """What a run produces: the summary, the report and one ASR gate per attack."""
     gates = expand(f"{RESULTS}/gate/{{attack}}.json", attack=attack_names())
-    return [f"{RESULTS}/summary.csv", f"{REPORT_DIR}/index.html", *gates]
+    return [f"{RESULTS}/config.resolved.yaml", f"{RESULTS}/summary.csv", f"{REPORT_DIR}/index.html", *gates]
 
 
 def all_targets():
@@ -191,8 +176,7 @@ def final_checkpoints():
     defenses = [defense_state(d, a, df, s) for d in dataset_names() for a in attack_names()
                 for df in defense_names() for s in config["seeds"]]  # fmt: skip
     # a trained segmenter lives in checkpoints/<run>/oracle; FastSAM's file is the user's own weights path
-    oracle = [DEFENSE_INPUTS["segmenter"]] if any(
-        "segmenter" in module_literals(df)[1] for df in defense_names()) else []  # fmt: skip
+    oracle = [DEFENSE_INPUTS["segmenter"]] if any("segmenter" in defense_inputs(df) for df in defense_names()) else []
     return [f"{CKPT_DIR}/clean.pt", *attacks, *defenses, *oracle]
 
 
@@ -238,8 +222,8 @@ def report_config():
 
 
 # ---- defenses ---------------------------------------------------------------------------------------
-# A defense is a module with literal PARAMS (and optional INPUTS); both are read here with `ast`, without
-# importing the module (which would import torch into every Snakemake start).
+# A defense is a module with an optional literal INPUTS, read with `ast` without importing the module (which
+# would import torch into every Snakemake start); its hyperparameters are in the resolved config.
 DEFENSE_INPUTS = {
     "clean_model": f"{CKPT_DIR}/clean.pt",
     "segmenter": f"{CKPT_DIR}/oracle/segmenter.pt",
@@ -259,86 +243,36 @@ def defense_module(defense):
     return defense_config(defense).get("module") or f"clip_backdoor.defenses.{defense}"
 
 
-def module_file(dotted):
-    """The source file of a module: under this workflow's src/ for clip_backdoor.*, else found on sys.path."""
-    if dotted.split(".")[0] == "clip_backdoor":
-        base = SRC.joinpath(*dotted.split(".")[1:])
-        for path in (base.with_suffix(".py"), base / "__init__.py"):
-            if path.is_file():
-                return path
-        return None
-    import importlib.util
-
-    spec = importlib.util.find_spec(dotted)
-    return Path(os.path.relpath(spec.origin)) if spec and spec.origin else None
-
-
-def module_literals(defense):
-    """(PARAMS, INPUTS) of a defense module, read from its source."""
-    import ast
-
-    path = module_file(defense_module(defense))
-    if path is None:
-        raise WorkflowError(f"defenses.methods.{defense}: no module {defense_module(defense)!r} (give `module:`)")
-    found = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("PARAMS", "INPUTS"):
-                found[node.targets[0].id] = ast.literal_eval(node.value)
-    if "PARAMS" not in found:
-        raise WorkflowError(f"defense {defense!r}: {path} defines no literal PARAMS dict")
-    return found["PARAMS"], tuple(found.get("INPUTS", ()))
-
-
-def imported_files(path, seen=None):
-    """`path` and every clip_backdoor source file it imports, transitively (by reading the imports)."""
-    import ast
-
-    seen = set() if seen is None else seen
-    if path is None or path in seen:
-        return seen
-    seen.add(path)
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            if name.split(".")[0] == "clip_backdoor":
-                imported_files(module_file(name), seen)
-    return seen
+def defense_inputs(defense):
+    try:
+        return module_inputs(defense_module(defense))
+    except LookupError as err:
+        raise WorkflowError(f"defenses.methods.{defense}.module: {err}") from None
 
 
 def defense_sources(stage, defense):
     """The stage's own sources plus the defense module and what it imports from the package."""
-    files = {Path(p) for p in sources(stage)} | imported_files(module_file(defense_module(defense)))
-    return sorted(str(p) for p in files)
+    files = set(sources(stage)) | {as_source(p) for p in imported_files(module_file(defense_module(defense)))}
+    return sorted(files)
 
 
 def defense_params(defense, attack):
-    """The defense's hyperparameters for one attack: its PARAMS defaults, `params`, then `per_attack`."""
-    defaults, _ = module_literals(defense)
+    """The defense's resolved hyperparameters for one attack: `params`, then the paper's `per_attack` values."""
     block = defense_config(defense)
-    given = {**block.get("params", {}), **block.get("per_attack", {}).get(attack, {})}
-    from clip_backdoor.defenses import resolve_params
-
-    try:
-        return resolve_params(defense, defaults, given)
-    except ValueError as err:
-        raise WorkflowError(str(err)) from None
+    return {**block["params"], **block["per_attack"].get(attack, {})}
 
 
 def defend_params(dataset, defense, attack, seed):
-    """A defense is fitted per downstream dataset (its shots and class names)."""
-    dataset = dataset_config(dataset)
+    """A defense is fitted per downstream dataset (its shots and class names); it is told neither the attack
+    nor its target."""
+    dataset = {key: value for key, value in dataset_config(dataset).items() if key != "target"}
     return {"defense": defense, "module": defense_module(defense), "params": defense_params(defense, attack),
             "seed": int(seed), "shots": config["defenses"]["shots"], "dataset": dataset,
-            "templates": config["evaluation"]["templates"], "attack": attack}
+            "templates": config["evaluation"]["templates"]}
 
 
 def defend_inputs(wildcards):
-    _, extra = module_literals(wildcards.defense)
+    extra = defense_inputs(wildcards.defense)
     unknown = sorted(set(extra) - set(DEFENSE_INPUTS))
     if unknown:
         raise WorkflowError(f"defense {wildcards.defense!r}: unknown INPUTS {unknown} (known: {sorted(DEFENSE_INPUTS)})")
@@ -360,8 +294,7 @@ def defense_log(dataset, attack, defense, seed):
 # ---- report ------------------------------------------------------------------------------------------
 def report_sources():
     """The report stage's modules, its published numbers and the figure captions."""
-    extra = ["report/artefacts.py", "report/notes.py", "report/published.yaml"]
-    return sources("report") + [str(SRC / path) for path in extra] + ["report/templates/captions.yaml"]
+    return sources("report", attack_names()) + ["report/templates/captions.yaml"]
 
 
 def report_defense_runs():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from clip_backdoor.config import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.defenses import cbpt
 from clip_backdoor.defenses.interface import DefenseContext, zero_shot_classifier
@@ -13,6 +14,8 @@ from clip_backdoor.defenses.trigger_inversion import invert_trigger, trigger_eff
 from clip_backdoor.models.factory import build_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.runtime.io import load_checkpoint, save_checkpoint
+
+DEFAULTS = {name: declared_defaults(f"defenses.methods.{name}.params") for name in ("cbpt",)}
 
 CLASSES = ["circle", "square", "star", "heart"]
 PATCH = 8
@@ -65,7 +68,22 @@ def context(model, seed=0):
 
 
 def small_params(**kw):
-    return {**cbpt.PARAMS, "inv_steps": 4, "inv_batch": 8, "key_steps": 3, "epochs": 2, "batch_size": 8, **kw}
+    """Few steps, with the embedded profile's loss weights and soft text key (both extensions on)."""
+    return {
+        **DEFAULTS["cbpt"],
+        "inv_lr": 0.1,
+        "inv_tau": 0.1,
+        "inv_mask_weight": 10.0,
+        "w_bd": 0.05,
+        "w_away": 1.0,
+        "w_key": 0.5,
+        "inv_steps": 4,
+        "inv_batch": 8,
+        "key_steps": 3,
+        "epochs": 2,
+        "batch_size": 8,
+        **kw,
+    }
 
 
 @pytest.mark.parametrize("prefix", ["", "remember "])
@@ -89,7 +107,12 @@ def test_initial_contexts_give_the_zero_shot_head_of_the_same_template(prefix):
 def test_a_soft_key_set_to_a_words_embedding_is_that_text_prefix():
     model = micro_model()
     prompts = cbpt.ClassPrompts(model, CLASSES, 4, "a photo of a")
-    keyed = cbpt.soft_key_prompts(model, prompts, CLASSES, {**cbpt.PARAMS, "n_ctx": 4, "key_tokens": 1})
+    keyed = cbpt.soft_key_prompts(
+        model,
+        prompts,
+        CLASSES,
+        {**DEFAULTS["cbpt"], "n_ctx": 4, "key_tokens": 1},
+    )
     assert keyed.ctx is prompts.ctx
     with torch.no_grad():
         keyed.key.copy_(model.clip.token_embedding(model.tokenize(["remember"])[:, 1:2]))
@@ -134,7 +157,14 @@ def test_state_is_weights_only_and_classifies_with_a_text_key(tmp_path):
 def test_inversion_finds_a_planted_patch_backdoor():
     model = planted_model()
     images, labels = context(model).shot_tensors
-    params = {**cbpt.PARAMS, "inv_steps": 30, "inv_batch": 16, "inv_mask_weight": 0.3}
+    params = {
+        **DEFAULTS["cbpt"],
+        "inv_lr": 0.1,
+        "inv_tau": 0.1,
+        "inv_steps": 30,
+        "inv_batch": 16,
+        "inv_mask_weight": 0.3,
+    }
     trigger, curve = invert_trigger(model, images, labels, params, torch.Generator().manual_seed(0))
     assert curve[-1] < 0.5 * curve[0]
     mask = trigger.mask()[0]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from clip_backdoor.config import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.data.embedded import write_split
 from clip_backdoor.defenses import cleanclip, finetune, linear_probe
@@ -20,6 +21,10 @@ from clip_backdoor.training import clip_loss
 from conftest import snakemake
 
 CLASSES = ["circle", "square", "star"]
+DEFAULTS = {
+    name: declared_defaults(f"defenses.methods.{name}.params")
+    for name in ("cleanclip", "finetune", "linear_probe")
+}
 
 # A tiny extra defense written into the workflow copy: a learned class bias over the zero-shot head.
 CLASS_BIAS = '''
@@ -154,7 +159,7 @@ def test_text_views_swap_and_drop_words_only(micro):
 
 def test_cleanclip_loss_adds_inmodal_terms_to_the_clip_loss(micro):
     images, tokens = torch.rand(6, 3, 32, 32), micro.tokenize([f"a photo of a {c}." for c in CLASSES * 2])
-    params = {**cleanclip.PARAMS, "multimodal_weight": 1.0}
+    params = {**DEFAULTS["cleanclip"], "multimodal_weight": 1.0}
     with torch.no_grad():
         plain = clip_loss(micro.encode_image(images), micro.encode_text(tokens), micro.logit_scale)
         mm_only = cleanclip.CleanClipLoss({**params, "inmodal_weight": 0.0}, 32)(micro, images, tokens)
@@ -167,7 +172,14 @@ def test_cleanclip_loss_adds_inmodal_terms_to_the_clip_loss(micro):
 def test_clean_pool_fit_trains_the_whole_model(module, micro, tmp_path):
     ctx = tiny_context(micro, tmp_path)
     before = {k: v.clone() for k, v in micro.clip.state_dict().items()}
-    params = {**module.PARAMS, "epochs": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "pool_size": 12}
+    params = {
+        **DEFAULTS[module.__name__.rsplit(".", 1)[1]],
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "warmup_steps": 1,
+        "pool_size": 12,
+    }
     state, log = module.fit(ctx, params)
     assert log["trainable_params"] == sum(p.numel() for p in micro.clip.parameters())
     assert len(log["curve"]) == 2 and log["pool_pairs"] == 12 and log["steps"] == 2
@@ -193,7 +205,7 @@ def test_logistic_regression_fits_separable_features():
 
 def test_linear_probe_classifies_and_declines_a_text_key(micro, tmp_path):
     ctx = tiny_context(micro, tmp_path)
-    state, log = linear_probe.fit(ctx, {**linear_probe.PARAMS, "weight_decay": 0.0})
+    state, log = linear_probe.fit(ctx, {**DEFAULTS["linear_probe"], "weight_decay": 0.0})
     assert log["trainable_params"] == 3 * 64 + 3 and log["train_accuracy"] == 1.0
     images, labels = ctx.shot_tensors
     with torch.no_grad():

@@ -6,12 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_backdoor.config import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.defenses import rvpt
 from clip_backdoor.defenses.interface import DefenseContext
 from clip_backdoor.models.factory import build_model
 from clip_backdoor.models.visual_prompts import PromptedVisual, count_prompt_parameters
 from clip_backdoor.runtime.io import load_checkpoint, save_checkpoint
+
+DEFAULTS = {name: declared_defaults(f"defenses.methods.{name}.params") for name in ("rvpt",)}
 
 CLASSES = ["circle", "square", "star"]
 
@@ -123,7 +126,7 @@ def test_fit_returns_the_prompts_and_the_log_contract(tmp_path, alpha):
     model = build_model({"kind": "embedded", "config": "micro-convvit"}).eval()
     weights = {k: v.clone() for k, v in model.clip.state_dict().items()}
     ctx = tiny_context(model)
-    params = {**rvpt.PARAMS, "depth": 1, "tokens": 3, "epochs": 3, "batch_size": 4, "alpha": alpha,
+    params = {**DEFAULTS["rvpt"], "depth": 1, "tokens": 3, "epochs": 3, "batch_size": 4, "alpha": alpha,
               "alpha_proj": 1.0, "alpha_warmup": 2, "flip": True, "lr": 0.05}  # fmt: skip
     state, log = rvpt.fit(ctx, params)
     layers, width = len(model.clip.visual.transformer.resblocks), model.clip.visual.transformer.width
@@ -148,7 +151,13 @@ def test_fit_returns_the_prompts_and_the_log_contract(tmp_path, alpha):
 
 def test_fit_is_seeded():
     model = build_model({"kind": "embedded", "config": "micro-convvit"}).eval()
-    params = {**rvpt.PARAMS, "depth": 0, "tokens": 2, "epochs": 2, "batch_size": 4}
+    params = {
+        **DEFAULTS["rvpt"],
+        "depth": 0,
+        "tokens": 2,
+        "epochs": 2,
+        "batch_size": 4,
+    }
     first, _ = rvpt.fit(tiny_context(model), params)
     second, _ = rvpt.fit(tiny_context(model), params)
     assert torch.equal(first["prompts"], second["prompts"])
@@ -157,7 +166,7 @@ def test_fit_is_seeded():
 def test_no_prompt_to_train_is_an_error():
     model = build_model({"kind": "embedded", "config": "micro-convvit"}).eval()
     with pytest.raises(ValueError, match="no prompt"):
-        rvpt.fit(tiny_context(model), {**rvpt.PARAMS, "depth": 2})
+        rvpt.fit(tiny_context(model), {**DEFAULTS["rvpt"], "depth": 2})
 
 
 def test_prompts_are_replaced_at_every_prompted_block():

@@ -13,14 +13,13 @@ import torch
 
 from clip_backdoor.attacks import issba, trojvqa, wanet
 from clip_backdoor.attacks.patch_opt import optimise_patch
+from clip_backdoor.attacks.patching import default_patch_size
 from clip_backdoor.attacks.record import save_record
 from clip_backdoor.data import corpus
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.runtime.device import torch_device
 from clip_backdoor.runtime.seeding import seed_everything
-
-MAX_IMAGES = 2048  # default artefact.max_images for the papers' corpus
 
 
 def mentions(caption, word):
@@ -33,7 +32,7 @@ def run(params, data, clean_model, out):
     art = params.get("artefact", {})
     tensors, meta, text_key = {}, {}, ""
     # the embedded pool is used whole (as before); the papers' corpus is bounded
-    limit = art.get("max_images", MAX_IMAGES) if corpus.is_paper(data) else None
+    limit = art["max_images"] if corpus.is_paper(data) else None
     if name == "wanet":
         k, strength = trigger_params.pop("k", 4), trigger_params.pop("strength", 0.5)
         seed = trigger_params.pop("grid_seed", 0)
@@ -78,7 +77,7 @@ def run(params, data, clean_model, out):
         hp = {
             **art,
             "seed": params["seed"],
-            "patch_size": trigger_params.get("patch_size", art["patch_size"]),
+            "patch_size": trigger_params.get("patch_size") or default_patch_size(params["image_size"]),
         }
         others = np.flatnonzero(~is_target)[:limit]
         patch, loss = optimise_patch(model, pool.load(others), text_targets, image_target, hp, device)

@@ -3,8 +3,9 @@
 A defense is a module — `clip_backdoor.defenses.<name>` by default, or any importable module named by
 the `module:` key of its config block — that defines:
 
-    PARAMS = {...}     a dict literal of every hyperparameter and its default; a config key not in it is
-                       an error. The workflow reads it without importing the module.
+    PARAMS = {...}     only for a module that is not built in: a dict literal of every hyperparameter and
+                       its default (a built-in defense's are declared in schemas/defenses/<name>.yaml).
+                       The workflow reads it, and INPUTS, without importing the module.
     INPUTS = (...)     optional tuple literal: extra inputs the defense reads, from
                        "clean_model" (the clean pretrained CLIP), "segmenter" (the oracle's segmenter),
                        "corpus" (the poisoned fine-tuning corpus the defender holds).
@@ -17,7 +18,8 @@ the `module:` key of its config block — that defines:
                        (the evaluation reports it as not applicable rather than inventing a number).
 
 Adding a defense is one module and one config block: `defenses.enabled` lists it, and
-`defenses.methods.<name>` may give its `params`, `per_attack` overrides and `module`.
+`defenses.methods.<name>` gives its `module` and may give `params` and `per_attack` overrides. `fit`
+receives the resolved params (every declared knob) and never the attack's name.
 """
 
 import importlib
@@ -34,32 +36,7 @@ def load_defense(name, module=None):
         mod = importlib.import_module(dotted)
     except ModuleNotFoundError as err:
         raise ValueError(f"defenses.methods.{name}.module: cannot import {dotted!r} ({err})") from err
-    missing = [attr for attr in ("PARAMS", "fit", "classifier") if not hasattr(mod, attr)]
+    missing = [attr for attr in ("fit", "classifier") if not hasattr(mod, attr)]
     if missing:
         raise ValueError(f"defense {name!r} ({dotted}) does not define {', '.join(missing)}")
     return mod
-
-
-def resolve_params(name, defaults, given):
-    """defaults updated by `given`; an unknown key, or a value of another type than its default (a number
-    for a number, a bool for a bool), is an error naming the key."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(sorted(defaults))
-        raise ValueError(f"defenses.methods.{name}.params: unknown key {unknown[0]!r} (known: {known})")
-    for key, value in given.items():
-        problem = type_problem(defaults[key], value)
-        if problem:
-            raise ValueError(f"defenses.methods.{name}.params.{key}: {problem}")
-    return {**defaults, **given}
-
-
-def type_problem(default, value):
-    """Why `value` cannot stand for a parameter whose default is `default` (None if it can)."""
-    if isinstance(default, bool) != isinstance(value, bool):
-        return f"expected {type(default).__name__}, got {value!r}"
-    if isinstance(default, int | float) and not isinstance(default, bool):
-        if not isinstance(value, int | float):
-            hint = " (YAML reads 5e-4 as text: write 5.0e-4)" if isinstance(value, str) else ""
-            return f"expected a number, got {value!r}{hint}"
-    return None

@@ -31,31 +31,6 @@ from tqdm import tqdm
 from clip_backdoor.defenses.trigger_inversion import invert_trigger
 from clip_backdoor.training import cosine_lr
 
-PARAMS = {
-    "inv_steps": 60,
-    "inv_batch": 32,
-    "inv_lr": 0.1,
-    "inv_tau": 0.1,
-    "inv_mask_weight": 10.0,
-    "inv_mask_init": 0.1,
-    "n_ctx": 4,
-    "ctx_init": "a photo of a",
-    "init_std": 0.02,
-    "epochs": 50,
-    "batch_size": 32,
-    "lr": 0.002,
-    "momentum": 0.9,
-    "weight_decay": 0.0005,
-    "w_clean": 1.0,
-    "w_bd": 0.05,
-    "w_reg": 1.0,
-    "w_away": 1.0,
-    "key_tokens": 1,
-    "key_steps": 50,
-    "key_lr": 0.05,
-    "w_key": 0.5,
-}
-
 
 class ClassPrompts(nn.Module):
     """Text features of `[SOT] prefix ctx_1..ctx_n classname . [EOT]` with a learnable context per class.

@@ -27,24 +27,6 @@ from clip_backdoor.defenses.interface import (
 )
 from clip_backdoor.training import clip_loss, train_contrastive
 
-PARAMS = {
-    "epochs": 10,
-    "batch_size": 64,
-    "lr": 5.0e-6,
-    "weight_decay": 0.1,
-    "warmup_steps": 50,
-    "save_every_epochs": 1,
-    "pool_size": 0,  # pairs of the clean pool used (the first ones; 0 = all)
-    "multimodal_weight": 1.0,
-    "inmodal_weight": 1.0,
-    "crop_scale": 0.5,  # smallest area fraction of the random resized crop
-    "jitter": 0.4,  # brightness, contrast and saturation jitter
-    "text_swap": 0.1,  # EDA random swap: swaps per word
-    "text_drop": 0.1,  # EDA random deletion: probability per word
-    "amp": False,
-    "loader_workers": 0,  # DataLoader workers for the papers' CC3M pool
-}
-
 
 def clean_pool(ctx, pool_size=0):
     """(images, captions) for train_contrastive: uint8 arrays and captions (embedded), or a PairDataset
@@ -155,7 +137,7 @@ class CleanClipLoss:
 
 def fit(ctx, params):
     loss = CleanClipLoss(params, ctx.model.image_size)
-    return fit_on_clean_pool(ctx, params, f"cleanclip {ctx.attack}", loss_fn=loss, augment=loss.augment)
+    return fit_on_clean_pool(ctx, params, "cleanclip", loss_fn=loss, augment=loss.augment)
 
 
 def classifier(ctx, state, text_prefix):

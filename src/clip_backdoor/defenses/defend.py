@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from clip_backdoor.data.downstream import load_downstream
-from clip_backdoor.defenses import load_defense, resolve_params
+from clip_backdoor.defenses import load_defense
 from clip_backdoor.defenses.interface import DefenseContext, count_parameters, dataset_labels, few_shot
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.runtime.device import torch_device
@@ -21,11 +21,11 @@ from clip_backdoor.runtime.usage import peak_memory_mb
 
 
 def run(params, model, data, out, log, state, **extra):
-    """params: defense, module, params, seed, shots, dataset, templates, attack."""
+    """params: defense, module, params (resolved by the workflow), seed, shots, dataset, templates."""
     started = time.time()
     name = params["defense"]
     defense = load_defense(name, params.get("module"))
-    hp = resolve_params(name, defense.PARAMS, params.get("params", {}))
+    hp = params["params"]
     seed_everything(params["seed"])
     device = torch_device()
     net = load_model(model, map_location=device).eval()
@@ -35,7 +35,7 @@ def run(params, model, data, out, log, state, **extra):
     shots = few_shot(train, dataset_labels(train), params["shots"], params["seed"])
     ctx = DefenseContext(
         model=net, classnames=classnames, templates=params["templates"], device=device, shots=shots,
-        seed=params["seed"], paths={"data": data, **extra}, state_path=state, attack=params.get("attack", ""),
+        seed=params["seed"], paths={"data": data, **extra}, state_path=state,
         threads=torch.get_num_threads(),
     )  # fmt: skip
     total = count_parameters(net)
@@ -46,7 +46,6 @@ def run(params, model, data, out, log, state, **extra):
         log,
         {
             "defense": name,
-            "attack": params.get("attack"),
             "seed": params["seed"],
             "params": hp,
             "shots": len(shots),

@@ -40,7 +40,6 @@ class DefenseContext(EvalContext):
     seed: int = 0
     paths: dict = field(default_factory=dict)
     state_path: str = ""
-    attack: str = ""
     threads: int = 1
 
     @cached_property

@@ -5,14 +5,6 @@ attack's text key (TrojVQA): `classifier` then returns None and the evaluation r
 import torch
 import torch.nn.functional as F
 
-PARAMS = {
-    "weight_decay": 1.0e-3,  # L2 penalty (weight_decay / 2 · ||W||²) on the weights, not the bias
-    "steps": 100,  # L-BFGS iterations
-    "lr": 1.0,
-    "normalize": True,  # L2-normalise the image features (as the zero-shot head sees them)
-    "batch_size": 256,  # feature extraction batch
-}
-
 
 @torch.no_grad()
 def image_features(model, images, normalize, batch_size):

@@ -74,77 +74,7 @@ from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.oracle import load_segmenter
 from clip_backdoor.training import plain_clip_loss, train_contrastive
 
-PARAMS = {
-    "probes": 800,
-    "label_prompts": "corpus",
-    "label_captions": 16,
-    "top_k": 3,
-    "assert_prob": 0.3,
-    "ground_prob": 0.3,
-    "ground_area": 0.04,
-    "compact_area": 0.08,
-    "crop_area": 0.2,
-    "clean_image": True,
-    "crop_fill": 0.0,
-    "affected_freq": 0.03,
-    "affected_ratio": 0.5,
-    "null_ratio": 0.0,
-    "clean_per_label": 32,
-    "screen_clean": False,
-    "screen_tol": 0.02,
-    "screen_share": 0.8,
-    "screen_area": 0.01,
-    "affected_shot_copies": 1,
-    "anchor_pairs": 64,
-    "transplants": 4,
-    "transplant_grow": 2,
-    "transplant_captions": "template",
-    "transplant_region": "localised",
-    "signature_transplants": 0,
-    "localise_window": 0,
-    "localise_stride": 2,
-    "localise_donors": 2,
-    "shot_pairs": "all",
-    "caption_templates": [
-        "a photo of a {}.",
-        "a drawing of a {}.",
-        "an image of a {}.",
-        "a picture of a {}.",
-    ],
-    "trainable": "all",
-    "text_lr_scale": 1.0,
-    "positives": "caption",
-    "preserve": 0.0,
-    "interpolate": 1.0,
-    "epochs": 10,
-    "batch_size": 32,
-    "lr": 0.0004,
-    "weight_decay": 0.05,
-    "warmup_steps": 5,
-    "batch": 500,
-    "examples": 4,
-}
 INPUTS = ("clean_model", "segmenter", "corpus")
-CHOICES = {
-    "label_prompts": ("corpus", "templates"),
-    "transplant_captions": ("template", "victim"),
-    "transplant_region": ("localised", "signature"),
-    "shot_pairs": ("all", "affected"),
-    "trainable": ("all", "visual"),
-    "positives": ("caption", "label"),
-}
-
-
-def check_params(params):
-    """Fail before any work on a choice key outside its options or an out-of-range weight."""
-    for key, options in CHOICES.items():
-        if params[key] not in options:
-            raise ValueError(f"defenses.methods.oracle.params.{key}: {params[key]!r} ({' | '.join(options)})")
-    if params["preserve"] < 0 or not 0 < params["interpolate"] <= 1:
-        raise ValueError(
-            "defenses.methods.oracle.params: preserve must be ≥ 0 and interpolate in (0, 1], got "
-            f"preserve={params['preserve']!r}, interpolate={params['interpolate']!r}"
-        )
 
 
 def crops(image, masks, fill):
@@ -617,7 +547,6 @@ def examples(records, images, vocab, victims, n):
 
 
 def fit(ctx, params):
-    check_params(params)
     started = time.time()
     gen = torch.Generator().manual_seed(ctx.seed)
     corpus, corpus_captions, vocab = load_corpus(ctx.paths["corpus"], ctx.model.image_size)

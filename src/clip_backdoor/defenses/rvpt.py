@@ -17,22 +17,6 @@ from tqdm import tqdm
 from clip_backdoor.models.visual_prompts import PromptedVisual, count_prompt_parameters
 from clip_backdoor.training import cosine_lr
 
-# The paper's settings for ViT-B/32 (config.yaml scales them for the embedded model).
-PARAMS = {
-    "depth": 3,
-    "tokens": 50,
-    "alpha": 2.0,
-    "alpha_proj": 0.0,
-    "alpha_warmup": 0,
-    "lr": 0.002,
-    "momentum": 0.9,
-    "weight_decay": 0.0005,
-    "batch_size": 32,
-    "epochs": 50,
-    "init_std": 0.02,
-    "flip": False,
-}
-
 
 def repulsion(cls, frozen_cls):
     """FR: mean over layers and images of cos(prompted CLS, frozen CLS); lists of [B,W] per layer."""

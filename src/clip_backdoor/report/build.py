@@ -208,6 +208,10 @@ def run(
     tables.write_table(
         attack_rows, table_dir, "attacks", "Poisoned models without defense: CA, ASR and PA (%)"
     )
+    deviations = notes.deviation_table(config)
+    tables.write_table(
+        deviations, table_dir, "deviations", f"Deviations from the papers (profile {params['run']})"
+    )
     cost = tables.cost_table(frame, defenses)
     tables.write_table(
         cost, table_dir, "defense_cost", "Defense cost: trainable parameters, fit time, peak memory"
@@ -270,6 +274,13 @@ def run(
             )
         )
     sections += [
+        (
+            "Deviations from the papers",
+            "<p>Every resolved value that differs from its declared paper value (origin paper or "
+            "reconstruction), and every knob of this project's (origin project) set to other than its "
+            "default, which is off. Declarations: <code>schemas/</code>.</p>"
+            + deviations.to_html(index=False, border=0),
+        ),
         ("Reconstructions and deviations", notes.reconstructions_html(config, logs, defenses)),
         (
             "Clean model and attacks",

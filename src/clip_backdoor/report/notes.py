@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from clip_backdoor.attacks.badnet import LOCATIONS, PATTERNS
+from clip_backdoor.config import deviations
 from clip_backdoor.report.tables import NOT_RUN, attack_label, defense_label, metric_cell
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -184,3 +185,9 @@ def published_tables(summary, config, defenses):
                 rows[-1][attack_label(attacks[0])] = f"paper avg {avg['asr']:.2f} ({avg['ca']:.2f})"
         out.append((table["dataset"], table["source"], pd.DataFrame(rows)))
     return out
+
+
+def deviation_table(config):
+    """Every resolved value that differs from its declared paper value, and every project knob in use."""
+    rows = [{**r, "value": flow_yaml(r["value"]), "paper": flow_yaml(r["paper"])} for r in deviations(config)]
+    return pd.DataFrame(rows, columns=["key", "value", "paper", "origin", "meaning"])
