@@ -8,8 +8,8 @@ optional adversarial `harden` step against the clean model (attacks/badnet_lc.py
 
 Outputs, in the `out` folder:
   embedded  images.npy (lossless), instances/labels/classes of the pool, captions.json, poison_index.json
-  paper     images/<pair index>.png: each poisoned image, resized to image_size × image_size (the
-            corpus's PIL resize, see data/corpus.py) with its trigger applied, saved losslessly as PNG;
+  paper     images/<pair index>.png: each poisoned image at image_size × image_size (the corpus's
+            resize + centre crop, see data/corpus.py) with its trigger applied, saved losslessly as PNG;
             pairs.csv (image,caption) of the whole poisoned corpus, poisoned rows pointing to those
             PNGs (relative to the folder), clean rows to the original images (files or shard
             references, never copied); captions.json (all captions); poison_index.json (+ image_size,
