@@ -3,14 +3,15 @@ measured on the trigger's output, next to the figures issue 31 quotes for the re
 (CleanCLIP's backdoor/utils.py apply_trigger, nishadsinghi/CleanCLIP; the same function in
 LiangSiyuan21/BadCLIP and nmndeep/PerturbAndRecover).
 
-Run by hand from the repository root (~20 s on one CPU):  python benchmarks/trigger_fidelity.py
+Run by hand from the repository root (~40 s on one CPU):  python benchmarks/trigger_fidelity.py
 (from a git worktree other than the installed checkout: PYTHONPATH=src python benchmarks/trigger_fidelity.py)
 Writes benchmarks/trigger_fidelity.md and prints it.
 
 Images: 200 smooth random 224 px images (bicubic-upsampled 8x8 noise), image i with trigger seed i.
 Grey levels are x*255 rounded. TrojVQA/BadCLIP take a random stand-in for their optimised patch (the
 real one needs the clean model), so only their placement is measured; ISSBA is not measured (its
-encoder is trained per run by make_trigger; no reference figures).
+encoder is trained per run by make_trigger; no reference figures). Perturb and Recover's structured
+triggers (badnet_rs, blended_rs) are compared with PAR's code (nmndeep/PerturbAndRecover).
 """
 
 import math
@@ -231,6 +232,25 @@ def rows():
         "badnet_lc", "patch_size 12, location: center, pattern: checkerboard (embedded default)",
         f"values {board['values']}; placement {board['place']}; patch corr {board['corr']:+.3f}",
         "-", "config.yaml", "declared deviation (embedded default only, with harden eps 64/255)",
+    ))  # fmt: skip
+    par = "nmndeep/PerturbAndRecover backdoor/utils.py get_init_patch, eval/validate.py"
+    rs = patch_stats("badnet_rs", patch_size=16)
+    table.append((
+        "badnet_rs", "defaults: patch_size 16 (not in configs/paper.yaml)",
+        f"values {rs['values']}; placement {rs['place']}; patch corr across images {rs['corr']:+.3f}",
+        "patch 16, random location; per-channel sign per column, ToPILImage: grey levels 1 and 255 only; "
+        "redrawn per image", par, "equivalent up to randomness (per-image seeds)",
+    ))  # fmt: skip
+    flat = torch.full((N, 3, SIZE, SIZE), 0.5)
+    out = apply(get_trigger("blended_rs", SIZE), flat, list(range(N)))
+    noise = ((out - 0.97 * 0.5) / 0.03).flatten(1)
+    vertical = bool(torch.equal(out, out[:, :, :1].expand_as(out)))
+    table.append((
+        "blended_rs", "defaults: alpha 0.03, width 1 (not in configs/paper.yaml)",
+        f"noise values {sorted({round(v) for v in noise.unique().tolist()})}; vertical stripes: {vertical}; "
+        f"noise corr across images {mean_pair_corr(noise):+.3f}",
+        "noise_coeff 0.03, width-1 stripes of per-channel signs +-1 over the whole image; redrawn per image",
+        par, "equivalent up to randomness (per-image seeds)",
     ))  # fmt: skip
     return table
 

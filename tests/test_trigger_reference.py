@@ -101,3 +101,36 @@ def test_blended_fixed_variant_is_one_pattern():
     x = images(4, seed=3)
     corr = torch.corrcoef(blend_residuals([1, 2, 3, 4], x, pattern="fixed"))
     assert corr.min() > 0.999
+
+
+def test_badnet_rs_patch_is_par_random_stripes():
+    """PAR's BadNet-RS: per-channel signs per column, pasted as is, ToPILImage: +1 -> 255, -1 -> 1."""
+    x = images(3, seed=6)
+    seeds = [31, 32, 33]
+    out = get_trigger("badnet_rs", SIZE, patch_size=PATCH)(x, seeds)
+    patterns = []
+    for i, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(seed)
+        top, left = badnet._draw_location(g, SIZE, PATCH)
+        signs = torch.sign(2 * torch.rand(3, 1, PATCH, generator=g) - 1).expand(3, PATCH, PATCH)
+        expected = np.array(transforms.ToPILImage()(signs))
+        patch = out[i, :, top : top + PATCH, left : left + PATCH]
+        got = (patch * 255).round().byte().permute(1, 2, 0).numpy()
+        assert np.array_equal(got, expected) and set(np.unique(got)) == {1, 255}
+        assert torch.equal(patch, patch[:, :1].expand_as(patch))  # vertical stripes
+        changed = (out[i] != x[i]).any(0)
+        assert changed[top : top + PATCH, left : left + PATCH].all() and changed.sum() == PATCH * PATCH
+        patterns.append(patch)
+    assert not torch.equal(patterns[0], patterns[1])  # redrawn per image
+
+
+def test_blended_rs_is_par_faint_random_stripes():
+    flat = torch.full((3, 3, SIZE, SIZE), 0.5)
+    out = get_trigger("blended_rs", SIZE)(flat, [41, 42, 41])  # PAR: width 1, noise_coeff 0.03
+    noise = (out - 0.97 * 0.5) / 0.03
+    torch.testing.assert_close(noise.abs(), torch.ones_like(noise), atol=1e-4, rtol=0)
+    assert torch.equal(out, out[:, :, :1].expand_as(out))  # constant down each column
+    assert torch.equal(out[0], out[2]) and not torch.equal(out[0], out[1])
+    assert 0.4 < (noise > 0).float().mean() < 0.6
+    wide = get_trigger("blended_rs", SIZE, width=14)(flat[:1], [41])[0]
+    assert torch.equal(wide, wide[:, :, ::14].repeat_interleave(14, dim=2))

@@ -7,13 +7,28 @@ on the input's device and dtype, and never modifies its input.
 import inspect
 from numbers import Integral
 
-from clip_backdoor.attacks import badclip, badnet, badnet_lc, blended, issba, sig, trojvqa, wanet
+from clip_backdoor.attacks import (
+    badclip,
+    badnet,
+    badnet_lc,
+    badnet_rs,
+    blended,
+    blended_rs,
+    issba,
+    sig,
+    trojvqa,
+    wanet,
+)
 
-ATTACK_NAMES = ("badnet", "blended", "sig", "wanet", "issba", "trojvqa", "badclip", "badnet_lc")
+ATTACK_NAMES = (
+    "badnet", "blended", "sig", "wanet", "issba", "trojvqa", "badclip", "badnet_lc",
+    "badnet_rs", "blended_rs",  # Perturb and Recover's structured triggers
+)  # fmt: skip
 
 TRIGGERS = {
     "badnet": badnet, "blended": blended, "sig": sig, "wanet": wanet, "issba": issba,
     "trojvqa": trojvqa, "badclip": badclip, "badnet_lc": badnet_lc,
+    "badnet_rs": badnet_rs, "blended_rs": blended_rs,
 }  # fmt: skip
 
 
