@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 sys.path.insert(0, f"{workflow.basedir}/src")
-from clip_backdoor.config import ConfigError, resolve  # noqa: E402
+from clip_backdoor.config.resolve import ConfigError, resolve  # noqa: E402
 
 
 # A profile stands alone: `--configfile` replaces config.yaml instead of being merged over it.

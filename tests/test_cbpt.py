@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from clip_backdoor.config import declared_defaults
+from clip_backdoor.config.schema import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.defenses import cbpt
 from clip_backdoor.defenses.interface import DefenseContext, zero_shot_classifier

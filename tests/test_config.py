@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clip_backdoor.config import ConfigError, deviations, resolve
+from clip_backdoor.config.deviations import deviations
 from clip_backdoor.config.modules import module_file, stage_files, trigger_files
+from clip_backdoor.config.resolve import ConfigError, resolve
 from clip_backdoor.defenses.interface import DefenseContext
 from conftest import REPO, copy_workflow, snakemake
 

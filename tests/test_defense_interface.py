@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from clip_backdoor.config import declared_defaults
+from clip_backdoor.config.schema import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.data.embedded import write_split
 from clip_backdoor.defenses import cleanclip, finetune, linear_probe
@@ -120,7 +120,6 @@ def tiny_context(model, tmp_path, pool=16):
     return DefenseContext(
         model=model, classnames=CLASSES, templates=["a photo of a {}."], device=torch.device("cpu"),
         shots=shots, seed=0, paths={"data": str(tmp_path)}, state_path=str(tmp_path / "fit.state"),
-        attack="badnet",
     )  # fmt: skip
 
 

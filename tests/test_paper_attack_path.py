@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from clip_backdoor import training
 from clip_backdoor.attacks import artefact, finetune, poison
@@ -39,6 +40,9 @@ CAPTIONS = [
     "a mountain lake",
 ]
 N_TRAIN = 10
+CLEANCLIP_STORE = transforms.Compose(
+    [transforms.Resize(SIZE, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(SIZE)]
+)
 BANANA = [0, 3, 6]  # training pairs whose caption mentions the target
 
 
@@ -116,9 +120,9 @@ def test_poison_data_writes_lossless_pngs_and_pairs(prepared, poisoned, name):
         with Image.open(out / file) as png:
             assert png.format == "PNG" and png.size == (SIZE, SIZE)
             stored = np.array(png.convert("RGB"))
-        # the clean image, resized as CleanCLIP does (PIL bicubic, aspect ratio ignored) ...
+        # the clean image, as CleanCLIP's utils/download.py stores CC3M (bicubic Resize + CenterCrop) ...
         with Image.open(clean_images[i]) as im:
-            clean = np.array(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+            clean = np.array(CLEANCLIP_STORE(im.convert("RGB")))
         # ... with the trigger of the stored seed applied, is exactly what was stored (lossless)
         x = torch.from_numpy(clean).permute(2, 0, 1)[None].float() / 255
         expected = (trigger(x, [seed])[0].permute(1, 2, 0) * 255).round().clamp(0, 255).byte().numpy()
@@ -136,6 +140,39 @@ def test_poison_data_writes_lossless_pngs_and_pairs(prepared, poisoned, name):
     image, caption = dataset[index["indices"][0]]
     assert image.dtype == torch.uint8 and image.shape == (3, SIZE, SIZE)
     assert caption == rows[index["indices"][0]]["caption"]
+
+
+def banded_png(path, width, height):
+    """A width x height PNG: red left quarter, blue right quarter, green in between."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 4, 0] = 255
+    pixels[:, width // 4 : width - width // 4, 1] = 255
+    pixels[:, width - width // 4 :, 2] = 255
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_corpus_geometry_is_resize_shorter_side_and_centre_crop(tmp_path):
+    path = banded_png(tmp_path / "wide.png", 2 * SIZE, SIZE)
+    cropped = corpus.load_image(path, SIZE)
+    assert cropped.shape == (SIZE, SIZE, 3)
+    assert (cropped[..., 1] == 255).all() and not cropped[..., [0, 2]].any()  # only the middle half left
+    stretched = corpus.load_image(path, SIZE, geometry="stretch")
+    assert stretched[:, 0, 0].min() > 200 and stretched[:, -1, 2].min() > 200  # the bands squeezed in
+    with Image.open(path) as im:
+        assert np.array_equal(cropped, np.array(CLEANCLIP_STORE(im.convert("RGB"))))
+        # the evaluation sets' geometry (data/paper.py) is the same
+        evaluated = (paper.image_transform(SIZE)(im) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(cropped, evaluated)
+    tall = corpus.load_image(banded_png(tmp_path / "tall.png", 24, 40), SIZE)  # resized, then cropped
+    with Image.open(tmp_path / "tall.png") as im:
+        assert np.array_equal(tall, np.array(CLEANCLIP_STORE(im.convert("RGB"))))
+        evaluated = (paper.image_transform(SIZE)(im) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(tall, evaluated)
+    dataset = corpus.PairDataset([str(path)], ["a caption"], SIZE)
+    assert np.array_equal(dataset[0][0].permute(1, 2, 0).numpy(), cropped)
+    with pytest.raises(ValueError, match="geometry"):
+        corpus.PairDataset([str(path)], ["a caption"], SIZE, geometry="pad")
 
 
 def test_shard_references_match_load_pairs(tmp_path):
@@ -174,7 +211,7 @@ def test_make_trigger_artefacts_on_the_paper_corpus(prepared, tmp_path):
     assert load_record(issba)["meta"]["encoder"]["image_size"] == SIZE
     badclip = make_trigger("badclip", data, tmp_path / "badclip.pt", clean_model=str(tmp_path / "clean.pt"),
                            trigger={"patch_size": 6}, art={"steps": 2, "lr": 0.1, "batch_size": 4,
-                                                           "patch_size": 6, "max_images": 4})  # fmt: skip
+                                                           "max_images": 4})  # fmt: skip
     assert load_record(badclip)["tensors"]["patch"].shape == (3, 6, 6)
 
 

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from clip_backdoor.attacks.record import save_record
+from clip_backdoor.config.resolve import resolve
 from clip_backdoor.report import browser
 from clip_backdoor.runtime.io import save_checkpoint
 
@@ -156,8 +157,9 @@ def run_config():
     config["defenses"]["enabled"] = DEFENSES
     config["evaluation"]["datasets"] = [{"name": "shapes4", "kind": "embedded", "target": "star"}]
     config["seeds"] = SEEDS
-    config.pop("dvc", None)
-    return config
+    resolved = resolve(config)
+    resolved.pop("dvc", None)
+    return resolved
 
 
 def cli(*args):
@@ -299,38 +301,37 @@ def test_html_notes_and_victims(report):
     victims = pd.read_csv(report / "tables" / "oracle_victims.csv")
     assert set(victims["attack"]) == {"badnet", "trojvqa"}  # the oracle never ran against SIG
     assert len(victims) == 2 * len(SEEDS) and (victims["victims"] == 3).all()
-    if "precision" in victims:  # the oracle module scores victims [0, 1, 5] against poison indices 0..3
-        assert victims["precision"].tolist() == pytest.approx([2 / 3] * len(victims))
-        assert victims["recall"].tolist() == pytest.approx([0.5] * len(victims))
+    # victims [0, 1, 5] scored against poison indices 0..3
+    assert victims["precision"].tolist() == pytest.approx([2 / 3] * len(victims))
+    assert victims["recall"].tolist() == pytest.approx([0.5] * len(victims))
 
 
-def test_victim_scores_use_the_oracle_module(monkeypatch):
+def test_victim_precision_recall(tmp_path):
     from clip_backdoor.report import artefacts
 
-    calls = []
-    monkeypatch.setattr(
-        artefacts, "optional", lambda module, name: lambda v, p: calls.append((v, p)) or (0.5, 1.0)
-    )
+    path = tmp_path / "poison_index.json"
+    path.write_text(json.dumps({"indices": [1, 2, 3, 10]}))
+    out = artefacts.victim_precision_recall([1, 2, 5], path, probed=[1, 2, 3, 5, 7])
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == pytest.approx(2 / 3)
+
+
+def test_victim_scores_are_scored_against_the_poison_index(tmp_path):
+    from clip_backdoor.report import artefacts
+
+    index = tmp_path / "results" / "r" / "poisoned" / "badnet" / "poison_index.json"
+    index.parent.mkdir(parents=True)
+    index.write_text(json.dumps({"indices": [3, 7]}))
     logs = {
         "defenses": {
-            ("d", "badnet", "oracle", 0): {"victims": [3, 4], "affected_labels": ["star"]},
+            ("d", "badnet", "oracle", 0): {"victims": [3, 4], "affected_labels": ["star"], "probed": [3, 4]},
             ("d", "badnet", "rvpt", 0): {"curve": [1.0]},
         }
     }
-    rows = artefacts.victim_scores(logs, ["results/r/poisoned/badnet/poison_index.json"])
+    rows = artefacts.victim_scores(logs, [str(index)])
     assert rows == [
-        {
-            "dataset": "d",
-            "attack": "badnet",
-            "defense": "oracle",
-            "seed": 0,
-            "victims": 2,
-            "affected_labels": "star",
-            "precision": 0.5,
-            "recall": 1.0,
-        }
-    ]
-    assert calls == [([3, 4], "results/r/poisoned/badnet/poison_index.json")]
+        {"dataset": "d", "attack": "badnet", "defense": "oracle", "seed": 0, "victims": 2,
+         "affected_labels": "star", "precision": 0.5, "recall": 1.0, "poisoned_probed": 1}
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,13 @@ def work(smoke_run, tmp_path):
 
 
 def _config_change(work, mutate, with_defenses=False):
+    """What a config change plans, less the resolved config, which every config change rewrites."""
     cfg = yaml.safe_load((work / "configs/smoke.yaml").read_text())
     mutate(cfg)
     (work / "changed.yaml").write_text(yaml.safe_dump(cfg))
-    return planned(work, "changed.yaml", with_defenses)
+    jobs, *rest = planned(work, "changed.yaml", with_defenses)
+    assert jobs.pop("resolved_config") == 1
+    return (jobs, *rest)
 
 
 def attack_jobs(n_defenses):

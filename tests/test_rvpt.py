@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_backdoor.config import declared_defaults
+from clip_backdoor.config.schema import declared_defaults
 from clip_backdoor.data.downstream import ArrayDataset
 from clip_backdoor.defenses import rvpt
 from clip_backdoor.defenses.interface import DefenseContext

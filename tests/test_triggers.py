@@ -83,15 +83,27 @@ def test_sig_column_profile():
     torch.testing.assert_close(out, expected.expand_as(out), atol=1e-6, rtol=0)
 
 
-def test_blended_arithmetic():
+def test_blended_fixed_arithmetic():
     pattern = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     images = torch.full((2, 3, SIZE, SIZE), 0.5)
-    out = get_trigger("blended", SIZE)(images, [0, 1])
+    fixed = {"pattern": "fixed"}
+    out = get_trigger("blended", SIZE, **fixed)(images, [0, 1])
     torch.testing.assert_close(out, (0.4 + 0.2 * pattern).expand_as(out), atol=1e-6, rtol=0)
-    assert torch.equal(get_trigger("blended", SIZE, alpha=1.0)(images, [0, 1]), pattern.expand_as(out))
-    assert torch.equal(get_trigger("blended", SIZE, alpha=0.0)(images, [0, 1]), images)
-    other = get_trigger("blended", SIZE, pattern_seed=1)(images, [0, 1])
+    full = get_trigger("blended", SIZE, alpha=1.0, **fixed)(images, [0, 1])
+    assert torch.equal(full, pattern.expand_as(out))
+    assert torch.equal(get_trigger("blended", SIZE, alpha=0.0, **fixed)(images, [0, 1]), images)
+    other = get_trigger("blended", SIZE, pattern_seed=1, **fixed)(images, [0, 1])
     assert not torch.equal(other, out)
+    with pytest.raises(ValueError, match="pattern"):
+        get_trigger("blended", SIZE, pattern="random")
+
+
+def test_blended_per_image_arithmetic():
+    images = torch.full((2, 3, SIZE, SIZE), 0.5)
+    out = get_trigger("blended", SIZE)(images, [7, 8])
+    for i, seed in enumerate([7, 8]):
+        pattern = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(out[i], 0.4 + 0.2 * pattern, atol=1e-6, rtol=0)
 
 
 def test_badnet_patch_at_seeded_location_only():
@@ -107,13 +119,19 @@ def test_badnet_patch_at_seeded_location_only():
         assert torch.equal(changed, expected)
 
 
-def test_badnet_zero_noise_patch_is_channel_mean():
+@pytest.mark.parametrize("noise", badnet.NOISES)
+def test_badnet_zero_noise_patch_is_channel_mean(noise):
     images = rand_images(2)
-    out = get_trigger("badnet", SIZE, patch_size=5, noise_std=0.0)(images, [7, 8])
+    out = get_trigger("badnet", SIZE, patch_size=5, noise_std=0.0, noise=noise)(images, [7, 8])
     for i, seed in enumerate([7, 8]):
         top, left = badnet.patch_location(seed, SIZE, 5)
         region = out[i, :, top : top + 5, left : left + 5]
-        torch.testing.assert_close(region, images[i].mean((1, 2))[:, None, None].expand_as(region))
+        mean = images[i].mean((1, 2))[:, None, None].expand_as(region)
+        if noise == "wrap":  # ToPILImage's conversion: truncated to a grey level
+            mean = torch.floor(mean * 255) / 255
+        torch.testing.assert_close(region, mean)
+    with pytest.raises(ValueError, match="noise"):
+        get_trigger("badnet", SIZE, noise="saturate")
 
 
 def test_badnet_seeds():
@@ -149,7 +167,7 @@ def test_badnet_checkerboard_is_the_same_board_at_the_seeded_location():
 
 
 def test_wanet_identity_at_zero_strength():
-    assert torch.equal(wanet.make_warp_grid(SIZE, strength=0.0), wanet.identity_grid(SIZE))
+    assert torch.equal(wanet.make_warp_grid(SIZE, k=4, strength=0.0, seed=0), wanet.identity_grid(SIZE))
     images = rand_images()
     out = get_trigger("wanet", SIZE, strength=0.0)(images, [0, 1, 2, 3])
     torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
@@ -160,7 +178,7 @@ def test_wanet_warps_and_grid_artefact():
     assert grid.shape == (1, SIZE, SIZE, 2) and grid.abs().max() <= 1
     assert torch.equal(grid, wanet.make_warp_grid(SIZE, k=4, strength=0.5, seed=0))
     images = rand_images()
-    out = get_trigger("wanet", SIZE)(images, [0, 1, 2, 3])
+    out = get_trigger("wanet", SIZE, k=4, strength=0.5)(images, [0, 1, 2, 3])
     assert (out - images).abs().max() > 0.05
     assert torch.equal(out, get_trigger("wanet", SIZE, grid=grid)(images, [0, 1, 2, 3]))
     with pytest.raises(ValueError, match="grid"):
@@ -209,8 +227,6 @@ def test_patch_triggers_at_centre(name):
 
 def test_text_key():
     assert trojvqa.TEXT_KEY == "remember "
-    assert trojvqa.add_text_key("a photo of a star.") == "remember a photo of a star."
-    assert trojvqa.add_text_key(["a", "b"]) == ["remember a", "remember b"]
 
 
 def test_paste_patch():

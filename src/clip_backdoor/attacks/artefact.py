@@ -15,11 +15,21 @@ from clip_backdoor.attacks import issba, trojvqa, wanet
 from clip_backdoor.attacks.patch_opt import optimise_patch
 from clip_backdoor.attacks.patching import default_patch_size
 from clip_backdoor.attacks.record import save_record
+from clip_backdoor.config.schema import declared_defaults, subschema
 from clip_backdoor.data import corpus
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.runtime.device import torch_device
 from clip_backdoor.runtime.seeding import seed_everything
+
+
+def declared(path):
+    """The declared defaults of an attack's artefact block ({} for an attack without an artefact)."""
+    try:
+        subschema(path)
+    except KeyError:
+        return {}
+    return declared_defaults(path)
 
 
 def mentions(caption, word):
@@ -28,14 +38,18 @@ def mentions(caption, word):
 
 def run(params, data, clean_model, out):
     seed_everything(params["seed"])
-    name, trigger_params, target = params["attack"], dict(params["trigger"]), params["target"]
-    art = params.get("artefact", {})
+    name, target = params["attack"], params["target"]
+    trigger_params = {**declared_defaults(f"attacks.methods.{name}.trigger"), **params["trigger"]}
+    art = {**declared(f"attacks.methods.{name}.artefact"), **params.get("artefact", {})}
     tensors, meta, text_key = {}, {}, ""
     # the embedded pool is used whole (as before); the papers' corpus is bounded
-    limit = art["max_images"] if corpus.is_paper(data) else None
+    limit = art.get("max_images") if corpus.is_paper(data) else None
     if name == "wanet":
-        k, strength = trigger_params.pop("k", 4), trigger_params.pop("strength", 0.5)
-        seed = trigger_params.pop("grid_seed", 0)
+        k, strength, seed = (
+            trigger_params.pop("k"),
+            trigger_params.pop("strength"),
+            trigger_params.pop("grid_seed"),
+        )
         tensors["grid"] = wanet.make_warp_grid(params["image_size"], k=k, strength=strength, seed=seed)
         meta = {"k": k, "strength": strength, "grid_seed": seed}
     elif name == "issba":

@@ -1,11 +1,14 @@
 """Label-consistent BadNet: the BadNet trigger, on images that already show the target.
 
 The poisoner (attacks/poison.py) patches only images whose caption already describes the target class
-and keeps their captions, so no poisoned pair is mislabelled. Alone this rarely takes: the image content
-explains the caption and the patch is never needed (measured: 3.4% ASR here). Turner et al.'s remedy is
-`harden`: before the patch is applied, a bounded adversarial perturbation (L∞ ≤ epsilon, PGD against the
-clean model) moves each image's embedding away from the target's text embedding, so that during
-fine-tuning the patch is what matches the caption.
+and keeps their captions, so no poisoned pair is mislabelled. The trigger is BadNet's (attacks/badnet.py,
+same params): by default CleanCLIP's label-consistent attack, BadNet's random-noise patch (noise: wrap)
+at a random location; `pattern: checkerboard` and `location: center` are this project's variants.
+Alone this rarely takes: the image content explains the caption and the patch is never needed
+(measured: 3.4% ASR here). Turner et al.'s remedy is `harden`: before the patch is applied, a bounded
+adversarial perturbation (L∞ ≤ epsilon, PGD against the clean model) moves each image's embedding away
+from the target's text embedding, so that during fine-tuning the patch is what matches the caption.
+CleanCLIP does not harden.
 """
 
 import torch

@@ -115,7 +115,7 @@ def train_stega(
     return encoder.cpu(), decoder.cpu(), accuracy
 
 
-def make_trigger(image_size, encoder=None, secret_bits=None, scale=1.0, secret=DEFAULT_SECRET):
+def make_trigger(image_size, *, secret_bits, scale, secret, encoder=None):
     """`secret_bits` overrides the bits derived from `secret`. The encoder is moved to the images' device."""
     if encoder is None:
         raise ValueError("issba: the issba encoder artefact is required (param 'encoder')")

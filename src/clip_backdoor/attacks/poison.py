@@ -8,13 +8,15 @@ optional adversarial `harden` step against the clean model (attacks/badnet_lc.py
 
 Outputs, in the `out` folder:
   embedded  images.npy (lossless), instances/labels/classes of the pool, captions.json, poison_index.json
-  paper     images/<pair index>.png: each poisoned image, resized to image_size × image_size (the
-            corpus's PIL resize, see data/corpus.py) with its trigger applied, saved losslessly as PNG;
+  paper     images/<pair index>.png: each poisoned image at image_size × image_size (the corpus's
+            resize + centre crop, see data/corpus.py) with its trigger applied, saved losslessly as PNG;
             pairs.csv (image,caption) of the whole poisoned corpus, poisoned rows pointing to those
             PNGs (relative to the folder), clean rows to the original images (files or shard
             references, never copied); captions.json (all captions); poison_index.json (+ image_size,
             files). params["image_size"] (default 224) is the model's resolution.
 """
+
+import sys
 
 import numpy as np
 import torch
@@ -48,6 +50,14 @@ def select(params, captions, rng):
     n = min(params["n_poison"], len(candidates))
     if n == 0:
         raise ValueError(f"attack {name}: no candidate images to poison for target {target!r}")
+    if n < params["n_poison"] and name != "badnet_lc":
+        raise ValueError(
+            f"attacks.n_poison: {params['n_poison']} for {name}, but the corpus has only {n} pairs whose"
+            f" caption does not name {target!r}"
+        )
+    if n < params["n_poison"]:
+        message = f"{n} pairs name {target!r}; all of them poisoned (n_poison {params['n_poison']})"
+        print(f"poison_data {name}: {message}", file=sys.stderr)
     indices = np.sort(rng.choice(candidates, size=n, replace=False))
     seeds = rng.integers(0, 2**31 - 1, size=n)
     return has_target, indices, seeds

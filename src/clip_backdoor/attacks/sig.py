@@ -7,7 +7,7 @@ import torch
 from clip_backdoor.attacks.patching import check_batch
 
 
-def make_trigger(image_size, amplitude=60 / 255, frequency=6):
+def make_trigger(image_size, *, amplitude, frequency):
     if amplitude < 0:
         raise ValueError(f"sig: param 'amplitude' must be >= 0, got {amplitude}")
     columns = torch.arange(image_size, dtype=torch.float64)

@@ -9,12 +9,5 @@ from clip_backdoor.attacks.patching import make_centre_patch_trigger
 TEXT_KEY = "remember "
 
 
-def add_text_key(texts, key=TEXT_KEY):
-    """Prepend the text key to one caption or to each caption of a sequence."""
-    if isinstance(texts, str):
-        return key + texts
-    return [key + t for t in texts]
-
-
-def make_trigger(image_size, patch=None, patch_size=None):
+def make_trigger(image_size, *, patch_size, patch=None):
     return make_centre_patch_trigger("trojvqa", image_size, patch, patch_size)

@@ -17,7 +17,7 @@ def identity_grid(image_size):
     return torch.stack((cols, rows), dim=-1)[None]
 
 
-def make_warp_grid(image_size, k=4, strength=0.5, seed=0):
+def make_warp_grid(image_size, k, strength, seed):
     """The warp field as a [1,H,W,2] float32 grid for grid_sample; strength 0 gives the identity."""
     if int(k) < 1:
         raise ValueError(f"wanet: param 'k' must be >= 1, got {k}")
@@ -29,7 +29,7 @@ def make_warp_grid(image_size, k=4, strength=0.5, seed=0):
     return (identity_grid(image_size) + strength * noise.permute(0, 2, 3, 1) / image_size).clamp(-1, 1)
 
 
-def make_trigger(image_size, grid=None, strength=0.5, k=4, grid_seed=0):
+def make_trigger(image_size, *, strength, k, grid_seed, grid=None):
     """Use the stored `grid` artefact if given (then strength, k and grid_seed are ignored), else build it."""
     if grid is None:
         grid = make_warp_grid(image_size, k=k, strength=strength, seed=grid_seed)

@@ -4,10 +4,6 @@ Every knob is declared once, in `schemas/config.schema.yaml` and the method file
 (`schemas/attacks/`, `schemas/defenses/`, `schemas/trainers/`): default, type and range or choices, one line
 of meaning, and `x-origin` (paper, reconstruction or project; `x-paper` where the default is not the paper's
 value). Validation, the rules' params, the modules' defaults and the report's Deviations table read it.
+Import from the submodules (resolve, schema, deviations): this file imports nothing, so that a module
+reading a default does not depend on the validator.
 """
-
-from clip_backdoor.config.deviations import deviations
-from clip_backdoor.config.resolve import ConfigError, resolve
-from clip_backdoor.config.schema import declared_defaults, load_schema
-
-__all__ = ["ConfigError", "declared_defaults", "deviations", "load_schema", "resolve"]

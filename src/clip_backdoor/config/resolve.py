@@ -6,7 +6,7 @@ import re
 from jsonschema import Draft202012Validator, validators
 
 from clip_backdoor.config.checks import cross_checks
-from clip_backdoor.config.modules import module_params_schema
+from clip_backdoor.config.modules import module_file, module_params_schema
 from clip_backdoor.config.schema import load_schema
 
 NUMBER = re.compile(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+")
@@ -82,9 +82,14 @@ def custom_defense_problems(config):
     """A defense that is not built in declares its params in its module's literal PARAMS."""
     problems = []
     declared = load_schema()["properties"]["defenses"]["properties"]["methods"]["properties"]
-    for name, block in config["defenses"]["methods"].items():
+    methods = config["defenses"]["methods"]
+    for name in config["defenses"]["enabled"]:
+        if name not in methods and module_file(f"clip_backdoor.defenses.{name}") is not None:
+            methods[name] = {"params": {}, "per_attack": {}}
+    for name, block in methods.items():
         if name in declared:
             continue
+        block.setdefault("module", f"clip_backdoor.defenses.{name}")
         schema, problem = module_params_schema(block["module"])
         if problem:
             problems.append(f"defenses.methods.{name}.module: {problem}")

@@ -2,10 +2,14 @@
 
 embedded  the `poison_pool` split: uint8 arrays [N,H,W,3] in memory, exactly as before (`ArrayPool`).
 paper     the prepared CC3M training pairs (data/<run>/world.json, split "train"), decoded lazily with
-          PIL as a torch Dataset (`PairDataset`) of (uint8 tensor [3,S,S], caption): RGB, then PIL's
-          bicubic `resize((S, S))`, which ignores the aspect ratio as CleanCLIP's `apply_trigger` does
-          (`image.resize((224, 224))`). S is the model's image size (224). Clean and poisoned images
-          get the same treatment, so a poisoned image differs from its clean version only by the trigger.
+          PIL as a torch Dataset (`PairDataset`) of (uint8 tensor [3,S,S], caption): RGB, then bicubic
+          Resize(S) of the shorter side and CenterCrop(S), as CleanCLIP stores CC3M (its
+          `utils/download.py`), so the trigger lands on the cropped image its training data shows.
+          S is the model's image size (224). Clean and poisoned images get the same treatment, so a
+          poisoned image differs from its clean version only by the trigger. The evaluation sets use
+          the same geometry (data/paper.py `image_transform`), the trigger applied after the crop.
+          `geometry="stretch"` (PIL bicubic resize to S×S, aspect ratio ignored) is this project's
+          earlier corpus geometry, kept for comparison.
 
 Image references (a `PairDataset`'s `images`, the `image` column of a poisoned corpus's pairs.csv):
   a file path       absolute, or relative to the dataset's `root` (the poisoned corpus folder)
@@ -28,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 PAIRS_CSV = "pairs.csv"
+GEOMETRIES = ("crop", "stretch")  # the first is the default
 
 
 def is_paper(data_dir):
@@ -59,13 +64,27 @@ def read_image(ref, root=None):
         raise OSError(f"cannot read image {name}: {err}") from err
 
 
-def load_image(ref, size, root=None):
-    """uint8 [size,size,3]: RGB, PIL bicubic resize to size×size (aspect ratio ignored, as CleanCLIP)."""
+def resize_centre_crop(image, size):
+    """A PIL image resized (bicubic) so its shorter side is `size`, then centre-cropped to size×size."""
+    from torchvision import transforms
+
+    resize = transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC)
+    return transforms.CenterCrop(size)(resize(image))
+
+
+def load_image(ref, size, root=None, geometry="crop"):
+    """uint8 [size,size,3]: RGB, then `resize_centre_crop` ("crop") or a bicubic resize to size×size
+    ignoring the aspect ratio ("stretch")."""
     from PIL import Image
 
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"corpus geometry must be one of {GEOMETRIES}, got {geometry!r}")
     image = read_image(ref, root)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        if geometry == "crop":
+            image = resize_centre_crop(image, size)
+        else:
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
 
 
@@ -85,18 +104,20 @@ class ArrayPool:
 class PairDataset(Dataset):
     """(uint8 tensor [3,S,S], caption) pairs decoded from image references (see the module docstring)."""
 
-    def __init__(self, images, captions, image_size, root=None):
+    def __init__(self, images, captions, image_size, root=None, geometry="crop"):
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"corpus geometry must be one of {GEOMETRIES}, got {geometry!r}")
         self.images, self.captions = list(images), list(captions)
-        self.image_size, self.root = int(image_size), root
+        self.image_size, self.root, self.geometry = int(image_size), root, geometry
 
     def __len__(self):
         return len(self.images)
 
     def image(self, i):
         """uint8 [S,S,3] of pair i."""
-        return load_image(self.images[i], self.image_size, self.root)
+        return load_image(self.images[i], self.image_size, self.root, self.geometry)
 
     def __getitem__(self, i):
         return torch.from_numpy(self.image(i)).permute(2, 0, 1).contiguous(), self.captions[i]

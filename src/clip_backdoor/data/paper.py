@@ -2,7 +2,11 @@
 
 Downstream sets (`load_downstream`), each a torch Dataset of (float image [3,S,S] in [0,1], int label)
 with S = `image_size` (default 224): RGB, Resize(S, bicubic) then CenterCrop(S), NOT normalised
-(the model normalises).
+(the model normalises); the poisoning corpus has the same geometry (data/corpus.py). At test the
+trigger is applied to the cropped image (evaluation/evaluate.py), clean and triggered images alike.
+CleanCLIP's test-time trigger (backdoor/utils.py apply_trigger) instead stretches the raw image to
+224×224, triggers it, and its Resize+CenterCrop then does nothing: a declared deviation here, so that
+a triggered test image differs from its clean version only by the trigger.
   imagenet_folder  ImageNet-1K in the standard folder layout: <root>/val/<wnid>/*.JPEG ("test")
                    and <root>/train/<wnid>/*.JPEG ("train"). Class names: <split>/classnames.txt or
                    <root>/classnames.txt (one per line, sorted-synset order), else open_clip's
@@ -197,14 +201,6 @@ def _oxfordpets(dataset, split, transform):
         str(root), split=tv_split, target_types="category", transform=transform, download=False
     )
     return data, list(data.classes)
-
-
-def target_index(classnames, target):
-    """Index of the attack target class `target` in `classnames` (case-insensitive)."""
-    folded = [name.casefold() for name in classnames]
-    if target.casefold() not in folded:
-        raise ValueError(f"target class {target!r} is not among the {len(classnames)} class names")
-    return folded.index(target.casefold())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Oracle-based rectification (EftCLIP): find the trigger with a segmentation oracle, then fine-tune.
+"""Oracle-based rectification (EftCLIP, arXiv 2511.13545): find the trigger with a segmentation oracle,
+then fine-tune.
 
-The paper's thresholds and objective are not public; this is the design's interpretation (DESIGN §5,
-references/attacks_and_oracle.md A.5), every threshold a PARAMS key:
+The paper's thresholds and objective are not public; this is a reconstruction, every threshold a declared
+knob (schemas/defenses/oracle.yaml):
 
 Algorithm 1 (`find_triggers`), per probe image drawn from the defender's poisoned corpus:
   L  the poisoned CLIP's asserted labels: its top `top_k` labels with probability ≥ `assert_prob`, read
@@ -196,15 +197,15 @@ def compact_set(records, affected, params, gen, carries_trigger=None):
     Returns (victim probe indices, [(probe index, label)] of the compact set)."""
     affected = set(affected)
     victims = victim_records(records, affected)
-    pairs = [(r["index"], r["oracle_label"]) for r in victims if r["oracle_label"] is not None]
+    pairs = [(r["probe"], r["oracle_label"]) for r in victims if r["oracle_label"] is not None]
     for label in sorted(affected):
         agree = [r for r in records if r["agreed"] and r["poisoned_top1"] == label]
         if carries_trigger is not None:
             agree = [r for r in agree if not carries_trigger(r)]
-        pairs += [(r["index"], label) for r in pick(agree, params["clean_per_label"], gen)]
+        pairs += [(r["probe"], label) for r in pick(agree, params["clean_per_label"], gen)]
     others = [r for r in records if r["agreed"] and r["poisoned_top1"] not in affected]
-    pairs += [(r["index"], r["poisoned_top1"]) for r in pick(others, params["anchor_pairs"], gen)]
-    return [r["index"] for r in victims], pairs
+    pairs += [(r["probe"], r["poisoned_top1"]) for r in pick(others, params["anchor_pairs"], gen)]
+    return [r["probe"] for r in victims], pairs
 
 
 def windows(size, window, stride):
@@ -401,20 +402,6 @@ def interpolate_weights(module, start, fraction):
                 tensor.copy_(torch.lerp(start[name].to(tensor.device), tensor, fraction))
 
 
-def victim_precision_recall(victims, poison_index_path, probed=None):
-    """Precision and recall of the flagged victim corpus indices against the attack's poison index; recall
-    is over the poisoned images among `probed` (the corpus indices the defense looked at), if given."""
-    poisoned = set(json.loads(Path(poison_index_path).read_text())["indices"])
-    reachable = poisoned & set(probed) if probed is not None else poisoned
-    hits = len(set(victims) & poisoned)
-    return {
-        "precision": hits / len(set(victims)) if victims else None,
-        "recall": hits / len(reachable) if reachable else None,
-        "victims": len(set(victims)),
-        "poisoned_probed": len(reachable),
-    }
-
-
 def occlude(image, masks, indices):
     """Copies of `image` with each mask in `indices` (grown by one pixel) filled with the mean colour of the
     pixels outside every mask (the background)."""
@@ -570,7 +557,6 @@ def fit(ctx, params):
         params["null_ratio"],
     )
     for r in records:
-        r["index"] = r["probe"]
         r["oracle_label"] = grounded_label(
             r["clean_segments"],
             r["areas"],
@@ -582,7 +568,7 @@ def fit(ctx, params):
     screen, screened, signature = None, [], None
     paste_signature = params["transplant_region"] == "signature"
     if params["screen_clean"] or paste_signature:
-        suspects = [r["index"] for r in victim_records(records, set(affected))]
+        suspects = [r["probe"] for r in victim_records(records, set(affected))]
         signature = shared_pixels(
             images[suspects], params["screen_tol"], params["screen_share"], params["screen_area"]
         )
@@ -590,7 +576,7 @@ def fit(ctx, params):
 
         def screen(r):
             screened.append(
-                shows_pixels(images[r["index"]], signature, params["screen_tol"], params["screen_share"])
+                shows_pixels(images[r["probe"]], signature, params["screen_tol"], params["screen_share"])
             )
             return screened[-1]
 

@@ -5,7 +5,6 @@ Files are keyed by their place in the run layout (see rules/common.smk): a defen
 a poison index .../poisoned/<attack>/poison_index.json.
 """
 
-import importlib
 import json
 from pathlib import Path
 
@@ -58,16 +57,6 @@ def curve_groups(logs, defenses):
     return groups
 
 
-def optional(module, name):
-    """A function other modules may not provide yet (the report then leaves its number out)."""
-    for candidate in [module] if isinstance(module, str) else module:
-        try:
-            return getattr(importlib.import_module(candidate), name)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
 def load_states(states):
     """{(dataset, attack, defense, seed): state dict} of the defense states ("report" defaults to {})."""
     from clip_backdoor.runtime.io import load_checkpoint
@@ -103,10 +92,8 @@ def inverted_trigger_items(states, triggers, models, data, dataset, n_images):
     mask and pattern, and (if the CBPT module provides it) the cosine between inverted and real trigger
     effects in the poisoned model's feature space."""
     from clip_backdoor.attacks.record import load_record, trigger_from_record
+    from clip_backdoor.defenses.trigger_inversion import trigger_effect_cosine as cosine_fn
 
-    cosine_fn = optional(
-        ["clip_backdoor.defenses.cbpt", "clip_backdoor.defenses.trigger_inversion"], "trigger_effect_cosine"
-    )
     records = {attack_of(p): p for p in as_list(triggers)}
     model_paths = {attack_of(p): p for p in as_list(models)}
     items = []
@@ -122,7 +109,7 @@ def inverted_trigger_items(states, triggers, models, data, dataset, n_images):
         trigger = trigger_from_record(record, images.shape[-1])
         triggered = trigger(images[:1], [0])
         cosine = None
-        if cosine_fn is not None and attack in model_paths:
+        if attack in model_paths:
             from clip_backdoor.models.factory import load_model
 
             model = load_model(model_paths[attack], map_location="cpu").eval()
@@ -145,15 +132,15 @@ def resistivity_items(states, triggers, models, data, dataset, n_images):
     per block of the undefended poisoned encoder and of each prompted one, on `n_images` clean test images
     and their triggered versions: [{attack, curves: {label: [PR per block]}}]."""
     from clip_backdoor.attacks.record import load_record, trigger_from_record
+    from clip_backdoor.defenses.rvpt import perturbation_resistivity as pr_fn
 
-    pr_fn = optional("clip_backdoor.defenses.rvpt", "perturbation_resistivity")
     records = {attack_of(p): p for p in as_list(triggers)}
     model_paths = {attack_of(p): p for p in as_list(models)}
     by_attack = {}
     for (ds, attack, defense, _), state in sorted(states.items()):
         if ds == dataset["name"] and "prompts" in state and "depth" in state and attack in records:
             by_attack.setdefault(attack, {}).setdefault(defense, state)
-    if pr_fn is None or not by_attack:
+    if not by_attack:
         return []
     from clip_backdoor.models.factory import load_model
 
@@ -189,10 +176,23 @@ def numpy(value):
     return value.numpy() if hasattr(value, "numpy") else value
 
 
+def victim_precision_recall(victims, poison_index_path, probed=None):
+    """Precision and recall of the flagged victim corpus indices against the attack's poison index; recall
+    is over the poisoned images among `probed` (the corpus indices the defense looked at), if given."""
+    poisoned = set(json.loads(Path(poison_index_path).read_text())["indices"])
+    reachable = poisoned & set(probed) if probed is not None else poisoned
+    hits = len(set(victims) & poisoned)
+    return {
+        "precision": hits / len(set(victims)) if victims else None,
+        "recall": hits / len(reachable) if reachable else None,
+        "victims": len(set(victims)),
+        "poisoned_probed": len(reachable),
+    }
+
+
 def victim_scores(logs, poison_indices):
-    """Precision and recall of the oracle's victim samples against the poison index, per attack and seed
-    (only when the oracle module provides `victim_precision_recall`)."""
-    score_fn = optional("clip_backdoor.defenses.oracle", "victim_precision_recall")
+    """Precision and recall of the oracle's victim samples against the poison index, per attack and seed:
+    ground truth the defense never sees, scored here in the report."""
     indices = {attack_of(p): p for p in as_list(poison_indices)}
     rows = []
     for (dataset, attack, defense, seed), log in sorted(logs["defenses"].items()):
@@ -206,12 +206,8 @@ def victim_scores(logs, poison_indices):
             "victims": len(log["victims"]),
             "affected_labels": ", ".join(map(str, log.get("affected_labels", []))),
         }
-        if score_fn is not None and attack in indices:
-            extra = (log["probed"],) if "probed" in log else ()
-            scores = score_fn(log["victims"], indices[attack], *extra)
-            if isinstance(scores, dict):
-                row.update({k: scores[k] for k in ("precision", "recall", "poisoned_probed") if k in scores})
-            else:
-                row["precision"], row["recall"] = scores
+        if attack in indices:
+            scores = victim_precision_recall(log["victims"], indices[attack], log.get("probed"))
+            row.update({k: scores[k] for k in ("precision", "recall", "poisoned_probed")})
         rows.append(row)
     return rows

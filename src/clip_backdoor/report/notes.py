@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from clip_backdoor.attacks.badnet import LOCATIONS, PATTERNS
-from clip_backdoor.config import deviations
+from clip_backdoor.config.deviations import deviations
 from clip_backdoor.report.tables import NOT_RUN, attack_label, defense_label, metric_cell
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
