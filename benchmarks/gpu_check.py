@@ -158,7 +158,7 @@ def part_b(lines, cpu):
         ok &= finite
         lines.append(
             f"- (b) poisoned fine-tune, batch {batch}, {steps} steps, AMP {hp['amp']}, {workers} loader "
-            f"workers: {batch * steps / log['seconds']:.0f} images/s (first step included), loss "
+            f"workers: {batch * steps / log['seconds']:.1f} images/s (first step included), loss "
             f"{log['epoch_loss']} finite={finite}, peak GPU memory {peak()}"
         )
         config = paper_dataset(paths, "imagenet")
@@ -183,7 +183,7 @@ def part_b(lines, cpu):
         ok &= finite
         lines.append(
             f"- (b) RVPT fit (fp32, depth 3, 50 tokens), {len(shots)} shots × {p['epochs']} epochs: "
-            f"{len(shots) * p['epochs'] / seconds:.0f} images/s (shot loading and frozen pass included), "
+            f"{len(shots) * p['epochs'] / seconds:.1f} images/s (shot loading and frozen pass included), "
             f"loss {[round(x, 3) for x in fit_log['curve']]} finite={finite}, peak GPU memory {peak()}"
         )
         test, classnames = load_downstream(config, "test")
@@ -194,7 +194,7 @@ def part_b(lines, cpu):
         pred, labels = predict_dataset(classify, test, device, 256)
         seconds = time.perf_counter() - started
         lines.append(
-            f"- (b) evaluation (fp32, batch 256, JPEG decoding in the loop): {len(labels) / seconds:.0f} "
+            f"- (b) evaluation (fp32, batch 256, JPEG decoding in the loop): {len(labels) / seconds:.1f} "
             f"images/s over {len(labels)} images, peak GPU memory {peak()}"
         )
     return ok
