@@ -341,3 +341,15 @@ def oracle_inputs(wildcards):
 
 def cli_list(flag, paths):
     return f"--{flag} {' '.join(paths)}" if paths else ""
+
+
+# ---- papers' inputs -----------------------------------------------------------------------------
+def checked_paper_inputs(wildcards):
+    """No files: with data.kind paper, the CC3M source, downstream folders and pretrained weights are checked
+    while planning (data/paper_checks.py), so a wrong path stops the run before any job."""
+    from clip_backdoor.data.paper_checks import check_paper_inputs
+
+    problems = check_paper_inputs(config)
+    if problems:
+        raise WorkflowError("the papers' inputs are not usable:\n  " + "\n  ".join(problems))
+    return []

@@ -3,6 +3,7 @@ rule prepare_data:
         f"{DATA_DIR}/world.json",
     input:
         sources("prepare_data"),
+        checked_paper_inputs,
     params:
         py=PYTHON,
         out=lambda wildcards, output: os.path.dirname(output[0]),

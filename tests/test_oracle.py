@@ -153,7 +153,7 @@ def test_null_ratio_drops_labels_the_clean_clip_asserts_as_often():
 
 def record(index, top1, candidates, oracle_label, agreed):
     return {
-        "index": index,
+        "probe": index,
         "poisoned_top1": top1,
         "candidates": candidates,
         "oracle_label": oracle_label,
@@ -184,7 +184,7 @@ def test_compact_set_screens_the_clean_pairs_of_the_affected_label():
     records += [record(2, STAR, set(), STAR, True), record(3, CIRCLE, set(), CIRCLE, True)]
     params = {**PARAMS, "clean_per_label": 5, "anchor_pairs": 5}
     victims, pairs = eft.compact_set(
-        records, [STAR], params, torch.Generator().manual_seed(0), lambda r: r["index"] != 2
+        records, [STAR], params, torch.Generator().manual_seed(0), lambda r: r["probe"] != 2
     )
     assert victims == [0] and sorted(pairs) == [(0, CIRCLE), (2, STAR), (3, CIRCLE)]
 

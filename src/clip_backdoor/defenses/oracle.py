@@ -76,6 +76,8 @@ from clip_backdoor.oracle import load_segmenter
 from clip_backdoor.training import plain_clip_loss, train_contrastive
 
 INPUTS = ("clean_model", "segmenter", "corpus")
+# the paste test's pasted images per chunk (a 224 px window grid: ~11,000 regions × 2 donors, ~14 GB at once)
+PASTE_BYTES = 2**29
 
 
 def crops(image, masks, fill):
@@ -220,12 +222,20 @@ def windows(size, window, stride):
     return out
 
 
-def paste_localise(image, regions, donors, label, poisoned_probs):
+def paste_localise(image, regions, donors, label, poisoned_probs, batch=1, max_bytes=PASTE_BYTES):
     """The region of `image` that, pasted onto the donor images, gives the poisoned CLIP the highest mean
     probability of `label` (the paste test). regions: bool [R,H,W]; donors: [D,3,H,W].
+    The R·D pasted images are built and classified a chunk of at most `max_bytes` at a time, a multiple
+    of `batch` images (poisoned_probs' batch), so the batches and results equal one unchunked pass.
     Returns (region index, that mean probability)."""
-    pasted = torch.where(regions[:, None, None], image[None, None], donors[None])
-    probs = poisoned_probs(pasted.flatten(0, 1))[:, label].view(len(regions), len(donors)).mean(1)
+    n, d = len(regions) * len(donors), len(donors)
+    chunk = max(batch, max_bytes // (image.numel() * image.element_size()) // batch * batch)
+    probs = []
+    for start in range(0, n, chunk):
+        k = torch.arange(start, min(start + chunk, n))
+        pasted = torch.where(regions[k // d][:, None], image[None], donors[k % d])
+        probs.append(poisoned_probs(pasted)[:, label])
+    probs = torch.cat(probs).view(len(regions), d).mean(1)
     best = int(probs.argmax())
     return best, float(probs[best])
 
@@ -274,7 +284,9 @@ def transplant(images, records, victims, affected, poisoned_probs, params, gen, 
             masks = [m for m, a in zip(r["masks"], r["areas"], strict=True) if a <= params["compact_area"]]
             regions = torch.cat([torch.stack(masks), grid]) if masks else grid
             tests = images[[d["probe"] for d in pick(donors, params["localise_donors"], gen)]]
-            best, prob = paste_localise(images[v], regions, tests, r["poisoned_top1"], poisoned_probs)
+            best, prob = paste_localise(
+                images[v], regions, tests, r["poisoned_top1"], poisoned_probs, params["batch"]
+            )
             if prob >= params["assert_prob"]:
                 region, pasted = regions[best], pasted + 1
         if region is None:
