@@ -115,7 +115,8 @@ def test_project_errors_print_one_line_and_exit_2(tmp_path):
     empty.touch()
     arch = {"kind": "open_clip", "name": "RN50", "pretrained": str(empty)}
     params = json.dumps({"seed": 0, "train": False, "arch": arch, "hp": {}})
-    proc = stage("pretrain", "--params", params, "--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "l"))
+    out = ["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "l.json")]
+    proc = stage("pretrain", "--params", params, *out)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr and "EOFError" not in proc.stderr
