@@ -54,7 +54,7 @@ def test_flipped_bytes_in_a_checkpoint_are_refused_naming_the_file(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "ok.pt")["w"], weights)
     save_checkpoint(tmp_path / "flipped.pt", {"w": weights})
     flip(tmp_path / "flipped.pt", weights.numpy().tobytes(), count=1)
-    with pytest.raises(CheckpointError, match=r"flipped\.pt is damaged.*--forcerun"):
+    with pytest.raises(CheckpointError, match=r"flipped\.pt is damaged.*snakemake -f .*flipped\.pt"):
         load_checkpoint(tmp_path / "flipped.pt")
     # the case: 64 flipped bytes in a model's weights, mtime kept
     seed_everything(0)
@@ -81,7 +81,7 @@ def test_flipped_byte_in_a_data_array_is_refused_naming_the_file(tmp_path):
     embedded.write_split(tmp_path / "pretrain", images, images[..., 0], np.arange(4), list("abcd"), ["x"])
     assert np.array_equal(embedded.load_split(tmp_path, "pretrain")["images"], images)
     flip(tmp_path / "pretrain/images.npy", images[2].tobytes())
-    with pytest.raises(DataError, match=r"pretrain/images\.npy is damaged.*--forcerun prepare_data"):
+    with pytest.raises(DataError, match=r"pretrain/images\.npy is damaged.*snakemake -f prepare_data"):
         embedded.load_split(tmp_path, "pretrain")
 
 
@@ -90,7 +90,8 @@ def test_deleted_or_unlisted_data_files_are_refused(tmp_path):
     poisoned = tmp_path / "poisoned"
     embedded.write_split(poisoned / "badnet", images, images[..., 0], np.arange(4), list("abcd"), ["x"])
     (poisoned / "badnet/labels.npy").unlink()
-    with pytest.raises(FileNotFoundError, match=r"badnet/labels\.npy.*--forcerun poison_data"):
+    rebuild = r"snakemake -f .*poisoned/badnet/captions\.json"
+    with pytest.raises(FileNotFoundError, match=rf"badnet/labels\.npy.*{rebuild}"):
         embedded.load_split(poisoned, "badnet")
     embedded.write_split(poisoned / "badnet", images, images[..., 0], np.arange(4), list("abcd"), ["x"])
     (poisoned / "badnet/SHA256SUMS").unlink()

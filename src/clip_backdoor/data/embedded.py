@@ -90,9 +90,11 @@ def prepare(out_dir, params):
 
 
 def regenerate_hint(directory):
-    """How to rebuild a split folder: a poisoned corpus (results/<run>/poisoned/<attack>) or the world's."""
-    rule = "poison_data" if Path(directory).parent.name == "poisoned" else "prepare_data"
-    return f"`snakemake --forcerun {rule} ...` (your usual target and --configfile)"
+    """How to rebuild a split folder, a poisoned corpus (results/<run>/poisoned/<attack>) or the world's,
+    by itself: its files come out byte-identical, so a later `snakemake all` reruns nothing else."""
+    poisoned = Path(directory).parent.name == "poisoned"
+    target = Path(directory) / "captions.json" if poisoned else "prepare_data"
+    return f"`snakemake -f {target} --configfile <yours>`"
 
 
 def split_file(directory, name):

@@ -77,7 +77,7 @@ def _feed(digest, obj):
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         digest.update(f"T{t.dtype}{tuple(obj.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
+        digest.update(t.view(torch.uint8).numpy())
     elif isinstance(obj, dict):
         digest.update(f"D{len(obj)};".encode())
         for key, value in obj.items():
@@ -107,7 +107,7 @@ def content_sha256(obj):
 def _regenerate(path):
     if Path(path).suffix == ".state":
         return "delete it and the job starts over from scratch"
-    return f"regenerate it with `snakemake --forcerun {path} ...` (your target and --configfile) {RESTORE}"
+    return f"regenerate it with `snakemake -f {path} --configfile <yours>` {RESTORE}"
 
 
 def save_checkpoint(path, obj):
