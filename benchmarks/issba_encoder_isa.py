@@ -18,6 +18,7 @@ import yaml
 
 from clip_backdoor.attacks import issba
 from clip_backdoor.data import corpus
+from clip_backdoor.runtime.io import load_checkpoint
 
 
 def main(run):
@@ -30,7 +31,7 @@ def main(run):
         pool.images, n_bits=art["n_bits"], steps=art["steps"], lr=art["lr"], seed=config["attacks"]["seed"],
         batch_size=art["batch_size"], max_residual=art["max_residual"],
     )  # fmt: skip
-    ref = torch.load(f"checkpoints/{run}/attacks/issba/trigger.pt", weights_only=True)["tensors"]["encoder"]
+    ref = load_checkpoint(f"checkpoints/{run}/attacks/issba/trigger.pt")["tensors"]["encoder"]
     same = all(torch.equal(encoder.state_dict()[k], ref[k]) for k in ref)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "default")
     line = (f"| {time.strftime('%Y-%m-%d')} | {platform.processor() or platform.machine()} | {isa} | "

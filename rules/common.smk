@@ -157,7 +157,8 @@ def run_targets():
 
 
 def all_targets():
-    return run_targets() + dvc_pointers()
+    """The run's targets, plus the prepared data files, so that `snakemake all` notices a deleted one."""
+    return run_targets() + dvc_pointers() + list(rules.prepare_data.output)
 
 
 def state_path(checkpoint):

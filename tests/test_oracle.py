@@ -1,5 +1,6 @@
 """The segmentation oracle (trained U-Net, FastSAM adapter) and the steps of oracle-based rectification."""
 
+import hashlib
 import sys
 import types
 
@@ -373,16 +374,19 @@ def test_fastsam_adapter_with_a_mocked_predictor():
     assert FastSamSegmenter(FakeFastSam(None)).segment(image) == []
 
 
-def test_fastsam_needs_ultralytics(monkeypatch):
+def test_fastsam_needs_ultralytics(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ultralytics", None)
+    weights = tmp_path / "FastSAM-s.pt"
+    weights.write_bytes(b"weights")
     with pytest.raises(ImportError, match="ultralytics"):
-        load_fastsam("FastSAM-s.pt")
+        load_fastsam(weights, hashlib.sha256(b"weights").hexdigest())
 
 
 def test_train_oracle_fastsam_writes_a_reference_record(tmp_path, monkeypatch):
     weights = tmp_path / "FastSAM-s.pt"
     weights.write_bytes(b"weights")
-    hp = {"weights": str(weights), "imgsz": 1024, "conf": 0.4, "iou": 0.9, "min_area": 100}
+    sha256 = hashlib.sha256(b"weights").hexdigest()
+    hp = {"weights": str(weights), "sha256": sha256, "imgsz": 1024, "conf": 0.4, "iou": 0.9, "min_area": 100}
     out = tmp_path / "segmenter.pt"
     oracle_train.run(
         {"kind": "fastsam", "seed": 0, "fastsam": hp, "trained": {}},
@@ -392,7 +396,7 @@ def test_train_oracle_fastsam_writes_a_reference_record(tmp_path, monkeypatch):
         str(tmp_path / "state"),
     )
     fake = FakeFastSam(torch.ones(1, 4, 4))
-    monkeypatch.setattr("clip_backdoor.oracle.fastsam.load_fastsam", lambda path: fake)
+    monkeypatch.setattr("clip_backdoor.oracle.fastsam.load_fastsam", lambda path, sha256: fake)
     seg = load_segmenter(out)
     assert isinstance(seg, FastSamSegmenter) and seg.kw["imgsz"] == 1024 and seg.min_area == 100
     with pytest.raises(FileNotFoundError, match="weights"):

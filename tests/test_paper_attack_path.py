@@ -20,6 +20,7 @@ from clip_backdoor.attacks import artefact, finetune, poison
 from clip_backdoor.attacks.record import load_record, trigger_from_record
 from clip_backdoor.data import corpus, paper
 from clip_backdoor.models.factory import build_model, load_model, save_model
+from clip_backdoor.runtime.io import load_checkpoint
 from clip_backdoor.runtime.seeding import seed_everything
 
 MICRO = {"kind": "embedded", "config": "micro-convvit"}
@@ -236,7 +237,7 @@ def _train(corpus_data, captions, state, interrupt=False, monkeypatch=None, num_
                 model, corpus_data, captions, HP, state, "cpu", num_workers=num_workers
             )
         monkeypatch.setattr(training, "save_checkpoint", real_save)
-        assert torch.load(state, weights_only=True)["step"] == 1
+        assert load_checkpoint(state)["step"] == 1
         seed_everything(0)
         model = build_model(MICRO)
     log = training.train_contrastive(model, corpus_data, captions, HP, state, "cpu", num_workers=num_workers)

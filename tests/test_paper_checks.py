@@ -1,5 +1,6 @@
 """Planning-time checks of the papers' inputs (data/paper_checks.py) on a fabricated set."""
 
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -22,9 +23,16 @@ def setup(tmp_path):
     weights = tmp_path / "weights.bin"
     weights.write_bytes(b"not loaded by the check")
     config["model"]["arch"]["pretrained"] = str(weights)
-    # torchvision names the breed "Samoyed" (configs/paper.yaml says "samoyed": see test_target_case)
-    config["evaluation"]["datasets"][2]["target"] = "Samoyed"
+    fastsam = tmp_path / "FastSAM-x.pt"
+    fastsam.write_bytes(b"x")
+    config["oracle"]["fastsam"].update(weights=str(fastsam), sha256=hashlib.sha256(b"x").hexdigest())
     return paths, config
+
+
+def test_fastsam_needs_its_weights_and_a_trusted_hash(setup):
+    _, config = setup
+    config["oracle"]["fastsam"]["sha256"] = None
+    one_problem(config, "oracle.fastsam.sha256: not set")
 
 
 def one_problem(config, *fragments):

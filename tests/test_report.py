@@ -17,6 +17,7 @@ import yaml
 
 from clip_backdoor.attacks.record import save_record
 from clip_backdoor.config.resolve import resolve
+from clip_backdoor.data.embedded import write_split
 from clip_backdoor.report import browser
 from clip_backdoor.runtime.io import save_checkpoint
 
@@ -67,14 +68,10 @@ def metric(dataset, attack, defense, seed, asr):
 def embedded_data(root, size=16):
     """A downstream test split of the embedded layout (4 classes, `size` px images)."""
     rng = np.random.default_rng(0)
-    split = root / "downstream_test"
-    split.mkdir(parents=True)
     labels = np.repeat(np.arange(len(CLASSES)), 3)
-    np.save(split / "images.npy", rng.integers(0, 255, (len(labels), size, size, 3), dtype=np.uint8))
-    np.save(split / "instances.npy", np.zeros((len(labels), size, size), dtype=np.uint8))
-    np.save(split / "labels.npy", labels)
-    (split / "captions.json").write_text(json.dumps([""] * len(labels)))
-    (split / "classes.json").write_text(json.dumps(CLASSES))
+    images = rng.integers(0, 255, (len(labels), size, size, 3), dtype=np.uint8)
+    instances = np.zeros((len(labels), size, size), dtype=np.uint8)
+    write_split(root / "downstream_test", images, instances, labels, [""] * len(labels), CLASSES)
 
 
 def make_run(tmp_path):

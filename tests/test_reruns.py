@@ -101,3 +101,31 @@ def test_one_defense_module_edit_reruns_that_defense_only(work):
     jobs, attacks, defenses = planned(work, with_defenses=True)
     assert defenses == {"linear_probe"} and attacks == set(cfg["attacks"]["enabled"])
     assert jobs == defense_jobs(len(cfg["attacks"]["enabled"]) * len(cfg["seeds"]))
+
+
+def test_an_identical_retrained_clean_model_reruns_only_the_readers_of_its_train_log(work):
+    model = work / "checkpoints/smoke/clean.pt"
+    before = model.read_bytes()
+    retrain = ("checkpoints/smoke/clean.pt", "--forcerun", "pretrain_clean_clip")
+    snakemake(work, "--cores", "2", *retrain, "--configfile", "configs/smoke.yaml")
+    assert model.read_bytes() == before
+    # the weights' checksum is unchanged, so nothing that reads clean.pt reruns; the train log holds the
+    # training's wall time, which the clean model's evaluations copy into their metrics
+    cfg = smoke_config()
+    n_clean_evaluations = len(cfg["evaluation"]["datasets"]) * len(cfg["seeds"])
+    assert planned(work) == (Counter(evaluate=n_clean_evaluations, summarize=1, report=1, all=1), {"clean"})
+
+
+def test_all_notices_a_deleted_data_file(work):
+    (work / "data/smoke/clean_pool/labels.npy").unlink()
+    assert planned(work)[0]["prepare_data"] == 1
+
+
+def test_a_deleted_data_file_is_regenerated_and_reruns_nothing_else(work):
+    (work / "data/smoke/clean_pool/labels.npy").unlink()
+    # as a target the rule checks all its outputs (a file target only the files asked for)
+    out = snakemake(work, "-n", "prepare_data", "--configfile", "configs/smoke.yaml").stdout
+    assert "Missing output files: data/smoke/clean_pool/labels.npy" in out
+    snakemake(work, "--cores", "2", "prepare_data", "--configfile", "configs/smoke.yaml")
+    assert (work / "data/smoke/clean_pool/labels.npy").is_file()
+    assert planned(work) == (Counter(), set())

@@ -2,13 +2,16 @@
 
 Every stage is a function `run(params, **paths)` in its own module; `--params` carries the
 hyperparameters (a JSON object from the rule's `params:`), the other `--key value [value ...]`
-pairs are the rule's inputs and outputs.
+pairs are the rule's inputs and outputs. The project's own errors (clip_backdoor.errors.UserError: a bad
+file, input or config key) print as one line and exit 2; anything else keeps its traceback.
 """
 
 import importlib
 import json
 import os
 import sys
+
+from clip_backdoor.errors import UserError
 
 STAGES = {
     "prepare_data": "clip_backdoor.data.prepare",
@@ -62,7 +65,12 @@ def main(argv=None):
 
         torch.set_num_threads(threads)
     module = importlib.import_module(STAGES[stage])
-    module.run(params, **rest)
+    try:
+        module.run(params, **rest)
+    except UserError as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        print(f"clip_backdoor {stage}: error: {lines[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ GEOMETRIES = ("crop", "stretch")  # the first is the default
 
 def is_paper(data_dir):
     """Whether a prepared data folder holds the papers' CC3M manifest (else the embedded world)."""
+    from clip_backdoor.runtime.io import read_json
+
     manifest = Path(data_dir) / "world.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "paper"
+    return manifest.is_file() and read_json(manifest).get("kind") == "paper"
 
 
 def read_image(ref, root=None):

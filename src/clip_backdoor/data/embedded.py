@@ -9,19 +9,23 @@ Splits and the corpora they stand in for:
   downstream_test   downstream classes only, labelled   — ImageNet val
 
 Files are byte-identical for the same parameters (np.save is deterministic), so data.dvc stays valid.
+Each split folder holds SHA256SUMS (`SPLIT_FILES`' hashes), checked when the split is loaded.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from clip_backdoor.data.world import SHAPES, render_scene
-from clip_backdoor.runtime.io import atomic_path, write_json
+from clip_backdoor.errors import ConfigError, MissingDataError
+from clip_backdoor.runtime.io import CHECKSUMS, atomic_path, read_json, verified, write_checksums, write_json
 
 WORLD_SPLITS = ("pretrain", "poison_pool", "clean_pool", "oracle_train")
 LABELLED_SPLITS = ("downstream_train", "downstream_test")
+ARRAYS = ("images", "instances", "labels")
+# every file of a split folder (rules/data.smk declares them as prepare_data's outputs)
+SPLIT_FILES = (*(f"{stem}.npy" for stem in ARRAYS), "captions.json", "classes.json", CHECKSUMS)
 
 
 def _render_split(name, index, count, classes, params, balanced):
@@ -51,21 +55,22 @@ def _render_split(name, index, count, classes, params, balanced):
 def write_split(directory, images, instances, labels, captions, classes):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for stem, array in (("images", images), ("instances", instances), ("labels", labels)):
+    for stem, array in zip(ARRAYS, (images, instances, labels), strict=True):
         with atomic_path(directory / f"{stem}.npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, array)
     write_json(directory / "captions.json", captions)
     write_json(directory / "classes.json", list(classes))
+    write_checksums(directory, [name for name in SPLIT_FILES if name != CHECKSUMS])
 
 
 def validate_params(params):
     unknown = [c for c in params["world_classes"] if c not in SHAPES]
     if unknown:
-        raise ValueError(f"data.world_classes: unknown shape(s) {unknown}; known: {list(SHAPES)}")
+        raise ConfigError(f"data.world_classes: unknown shape(s) {unknown}; known: {list(SHAPES)}")
     outside = [c for c in params["downstream_classes"] if c not in params["world_classes"]]
     if outside:
-        raise ValueError(f"data.downstream_classes: {outside} are not in data.world_classes")
+        raise ConfigError(f"data.downstream_classes: {outside} are not in data.world_classes")
 
 
 def prepare(out_dir, params):
@@ -84,15 +89,26 @@ def prepare(out_dir, params):
     write_json(out_dir / "world.json", {"params": params, "splits": {n: c for n, c, _, _ in plan}})
 
 
+def regenerate_hint(directory):
+    """How to rebuild a split folder, a poisoned corpus (results/<run>/poisoned/<attack>) or the world's,
+    by itself: its files come out byte-identical, so a later `snakemake all` reruns nothing else."""
+    poisoned = Path(directory).parent.name == "poisoned"
+    target = Path(directory) / "captions.json" if poisoned else "prepare_data"
+    return f"`snakemake -f {target} --configfile <yours>`"
+
+
+def split_file(directory, name):
+    """A file of a split folder (images.npy, captions.json, ...), checked against its SHA256SUMS."""
+    return verified(Path(directory) / name, regenerate_hint(directory))
+
+
 def load_split(data_dir, split):
     """Load one split: dict with images (uint8 N,H,W,3), instances, labels, captions, classes."""
     directory = Path(data_dir) / split
     if not directory.is_dir():
-        raise FileNotFoundError(f"dataset split not found: {directory} (run prepare_data first)")
-    return {
-        "images": np.load(directory / "images.npy"),
-        "instances": np.load(directory / "instances.npy"),
-        "labels": np.load(directory / "labels.npy"),
-        "captions": json.loads((directory / "captions.json").read_text()),
-        "classes": json.loads((directory / "classes.json").read_text()),
-    }
+        raise MissingDataError(
+            f"dataset split not found: {directory} (regenerate it with {regenerate_hint(directory)})"
+        )
+    arrays = {stem: np.load(split_file(directory, f"{stem}.npy")) for stem in ARRAYS}
+    texts = {stem: read_json(split_file(directory, f"{stem}.json")) for stem in ("captions", "classes")}
+    return {**arrays, **texts}

@@ -39,7 +39,21 @@ def check_paper_inputs(config):
         check = DOWNSTREAM.get(dataset.get("kind"))
         if check is not None:
             problems += check(dataset)
-    return problems + check_weights(config.get("model", {}).get("arch", {}))
+    problems += check_weights(config.get("model", {}).get("arch", {}))
+    return problems + check_fastsam(config.get("oracle", {}))
+
+
+def check_fastsam(oracle):
+    """FastSAM's weights are a pickle that runs code: they need a declared trusted hash."""
+    if oracle.get("kind") != "fastsam":
+        return []
+    fastsam = oracle.get("fastsam", {})
+    problems = []
+    if not Path(str(fastsam.get("weights", ""))).expanduser().is_file():
+        problems.append(f"oracle.fastsam.weights: no file {fastsam.get('weights')!r} (FastSAM-x.pt)")
+    if not fastsam.get("sha256"):
+        problems.append("oracle.fastsam.sha256: not set; give the weights file's trusted sha256 (sha256sum)")
+    return problems
 
 
 # ---- CC3M --------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from clip_backdoor.data.corpus import ArrayPool, is_paper_corpus, poisoned_dataset
+from clip_backdoor.data.embedded import split_file
 from clip_backdoor.defenses.interface import (
     count_parameters,
     load_model_state,
@@ -73,6 +74,7 @@ from clip_backdoor.defenses.interface import (
 from clip_backdoor.models.factory import load_model
 from clip_backdoor.models.zeroshot import zeroshot_head
 from clip_backdoor.oracle import load_segmenter
+from clip_backdoor.runtime.io import read_json
 from clip_backdoor.training import plain_clip_loss, train_contrastive
 
 INPUTS = ("clean_model", "segmenter", "corpus")
@@ -330,12 +332,13 @@ def load_corpus(captions_path, image_size):
     """(corpus with `len` and `load(indices)` → uint8 [k,S,S,3], captions, vocabulary or None) of the
     defender's poisoned corpus folder: the embedded arrays, or a paper corpus (pairs.csv)."""
     folder = Path(captions_path).parent
-    captions = json.loads(Path(captions_path).read_text())
     if is_paper_corpus(folder):
+        captions = json.loads(Path(captions_path).read_text())
         return poisoned_dataset(folder, image_size), captions, None
-    classes = folder / "classes.json"
-    vocab = json.loads(classes.read_text()) if classes.is_file() else None
-    return ArrayPool(np.load(folder / "images.npy", mmap_mode="r"), captions), captions, vocab
+    captions = read_json(split_file(folder, "captions.json"))
+    vocab = read_json(split_file(folder, "classes.json"))
+    images = np.load(split_file(folder, "images.npy"), mmap_mode="r")
+    return ArrayPool(images, captions), captions, vocab
 
 
 def shared_positives_loss(logits, keys):

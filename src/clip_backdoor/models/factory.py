@@ -11,11 +11,14 @@ A checkpoint is {"arch": spec, "state_dict": ...}, loaded weights-only.
 
 import json
 import pickle
+import zipfile
 from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from clip_backdoor.errors import ConfigError
 from clip_backdoor.runtime.io import CheckpointError, load_checkpoint, save_checkpoint
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,7 +28,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 def embedded_config(name):
     path = resources.files("clip_backdoor.models") / "configs" / f"{name}.json"
     if not path.is_file():
-        raise ValueError(f"model.arch: no embedded architecture config named {name!r}")
+        raise ConfigError(f"model.arch: no embedded architecture config named {name!r}")
     return json.loads(path.read_text())
 
 
@@ -92,6 +95,11 @@ def build_model(arch):
         return ClipModel(clip, tokenizer, cfg["image_mean"], cfg["image_std"], arch)
     if arch["kind"] == "open_clip":
         pretrained = arch.get("pretrained")
+        if pretrained and Path(pretrained).is_file() and Path(pretrained).stat().st_size == 0:
+            raise CheckpointError(
+                f"model.arch.pretrained: {pretrained} is an empty file (an interrupted download?):"
+                " fetch it again"
+            )
         try:
             clip = open_clip.create_model(
                 arch["name"],
@@ -100,14 +108,16 @@ def build_model(arch):
                 weights_only=True,
                 force_quick_gelu=quick_gelu(arch),
             )
-        except (RuntimeError, pickle.UnpicklingError) as err:
-            message = f"cannot load open_clip weights {pretrained!r} for {arch['name']}: {err}"
+        except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as err:
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            name = arch["name"]
+            message = f"model.arch.pretrained: cannot load {pretrained!r} for {name}: {detail}"
             raise CheckpointError(message) from err
         tokenizer = open_clip.get_tokenizer(arch["name"])
         mean = getattr(clip.visual, "image_mean", None) or OPENAI_MEAN
         std = getattr(clip.visual, "image_std", None) or OPENAI_STD
         return ClipModel(clip, tokenizer, mean, std, arch)
-    raise ValueError(f"model.kind: unknown architecture kind {arch['kind']!r} (embedded | open_clip)")
+    raise ConfigError(f"model.kind: unknown architecture kind {arch['kind']!r} (embedded | open_clip)")
 
 
 def quick_gelu(arch):

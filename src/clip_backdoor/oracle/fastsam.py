@@ -2,15 +2,44 @@
 
 FastSAM runs in "everything" mode; every returned mask is a candidate region. `ultralytics` is an
 optional dependency, imported only when a FastSAM segmenter is built.
+
+An ultralytics .pt file holds pickled modules: loading it runs whatever code it carries, and it cannot be
+loaded weights-only. So a weights file is opened only when its sha256 equals the trusted hash the config
+declares (oracle.fastsam.sha256); anything else is refused before ultralytics is imported.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clip_backdoor.errors import MissingDataError, UntrustedWeightsError
+from clip_backdoor.runtime.io import file_sha256
 
-def load_fastsam(weights):
-    """The ultralytics FastSAM model for a weights file (a clear error when the package is missing)."""
+
+def check_trusted(weights, sha256):
+    """Refuse `weights` unless the file exists and its sha256 is the declared trusted one."""
+    path = Path(weights)
+    if not path.is_file():
+        raise MissingDataError(f"oracle.fastsam.weights: FastSAM weights not found: {path}")
+    actual = file_sha256(path)
+    if not sha256:
+        raise UntrustedWeightsError(
+            f"oracle.fastsam.sha256 is not set: refusing to load {path}, an ultralytics pickle that runs code"
+            f" when loaded; check where it came from, then set oracle.fastsam.sha256: {actual}"
+        )
+    if actual != str(sha256).strip().lower():
+        raise UntrustedWeightsError(
+            f"refusing to load {path}: its sha256 {actual} is not the trusted oracle.fastsam.sha256 {sha256}"
+            " (an ultralytics pickle runs code when loaded; fetch the official file again)"
+        )
+    return path
+
+
+def load_fastsam(weights, sha256):
+    """The ultralytics FastSAM model for a trusted weights file (a clear error without the package)."""
+    check_trusted(weights, sha256)
     try:
         from ultralytics import FastSAM
     except ImportError as err:
@@ -57,5 +86,5 @@ class FastSamSegmenter:
 
     @classmethod
     def from_record(cls, record, device="cpu", predictor=None):
-        predictor = predictor or load_fastsam(record["weights"])
+        predictor = predictor or load_fastsam(record["weights"], record.get("sha256"))
         return cls(predictor, record["imgsz"], record["conf"], record["iou"], record["min_area"], device)

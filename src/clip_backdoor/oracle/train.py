@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from clip_backdoor.data.embedded import load_split
+from clip_backdoor.oracle.fastsam import check_trusted
 from clip_backdoor.oracle.segmenter import BOUNDARY, NetSegmenter, TinyUNet, targets_from_instances
 from clip_backdoor.runtime.device import torch_device
 from clip_backdoor.runtime.io import load_checkpoint, save_checkpoint, write_json
@@ -111,9 +112,8 @@ def run(params, data, out, log, state):
     started = time.time()
     kind = params["kind"]
     if kind == "fastsam":
-        hp = params["fastsam"]
-        if not Path(hp["weights"]).is_file():
-            raise FileNotFoundError(f"oracle.fastsam.weights: FastSAM weights not found: {hp['weights']}")
+        hp = {"sha256": None, **params["fastsam"]}
+        check_trusted(hp["weights"], hp["sha256"])
         save_checkpoint(out, {"kind": "fastsam", **hp})
         write_json(log, {"kind": kind, "params": hp, "seconds": round(time.time() - started, 2)})
         return
