@@ -4,6 +4,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from clip_backdoor.config.checks import image_size as config_image_size
 from clip_backdoor.config.modules import imported_files, module_file, module_inputs, stage_files
 
 RUN = config["run"]
@@ -118,9 +119,7 @@ def finetune_params(attack):
 
 
 def image_size():
-    if config["data"]["kind"] == "embedded":
-        return config["data"]["embedded"]["image_size"]
-    return 224
+    return config_image_size(config)
 
 
 def evaluate_inputs(wildcards):
@@ -354,3 +353,16 @@ def checked_paper_inputs(wildcards):
     if problems:
         raise WorkflowError("the papers' inputs are not usable:\n  " + "\n  ".join(problems))
     return []
+
+
+# ---- prepared data ----------------------------------------------------------------------------
+# Every file of the embedded world's split folders (clip_backdoor.data.embedded: the splits and
+# SPLIT_FILES), so that `snakemake all` notices a deleted one; the papers' kind writes world.json only.
+EMBEDDED_SPLITS = ["pretrain", "poison_pool", "clean_pool", "oracle_train", "downstream_train", "downstream_test"]
+EMBEDDED_SPLIT_FILES = ["images.npy", "instances.npy", "labels.npy", "captions.json", "classes.json", "SHA256SUMS"]
+
+
+def prepared_split_files():
+    if config["data"]["kind"] != "embedded":
+        return []
+    return [f"{DATA_DIR}/{split}/{name}" for split in EMBEDDED_SPLITS for name in EMBEDDED_SPLIT_FILES]

@@ -1,15 +1,3 @@
-# Every file of the embedded world's split folders (clip_backdoor.data.embedded: the splits and
-# SPLIT_FILES), so that `snakemake all` notices a deleted one; the papers' kind writes world.json only.
-EMBEDDED_SPLITS = ["pretrain", "poison_pool", "clean_pool", "oracle_train", "downstream_train", "downstream_test"]
-EMBEDDED_SPLIT_FILES = ["images.npy", "instances.npy", "labels.npy", "captions.json", "classes.json", "SHA256SUMS"]
-
-
-def prepared_split_files():
-    if config["data"]["kind"] != "embedded":
-        return []
-    return [f"{DATA_DIR}/{split}/{name}" for split in EMBEDDED_SPLITS for name in EMBEDDED_SPLIT_FILES]
-
-
 rule prepare_data:
     output:
         f"{DATA_DIR}/world.json",
