@@ -1,10 +1,11 @@
-"""Poison, fine-tune and evaluate one attack with overridden settings (research helper, run by hand).
+"""Poison, fine-tune and score one attack with overridden settings on the VALIDATION split (research helper,
+run by hand; the test split is refused).
 
     python benchmarks/attack_sweep.py badnet --set n_poison=400 finetune.epochs=12 finetune.lr=7e-4
 
-It reads the run's data, clean model and trigger (run `make run` first), writes into a scratch folder
-(never into the run's outputs; `--keep DIR` keeps the fine-tuned model there) and appends one JSON line
-per run to benchmarks/attack_tuning/finetune.jsonl with CA and ASR.
+It reads the run's data, clean model and trigger (`make run` first), works in a scratch folder (never the
+run's outputs; `--keep DIR` keeps the fine-tuned model) and appends one row per run to
+results/<run>/sweeps/attack_<attack>.jsonl with the setting, split, seed, commit and CPU.
 """
 
 import argparse
@@ -19,16 +20,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from sweep_record import SPLIT_HELP, append_row, checked_split, resolved_profile, sweep_file  # noqa: E402
 
 from clip_backdoor.attacks import finetune, poison  # noqa: E402
-from clip_backdoor.attacks.record import load_record  # noqa: E402
 from clip_backdoor.evaluation import evaluate  # noqa: E402
 
 
-def settings(config, attack, overrides):
-    """(poison params, fine-tune params) as the rules build them, with `key=value` / `finetune.key=value`."""
+def settings(config, attack, seed, overrides):
+    """(poison params, fine-tune params) as rules/common.smk builds them, with `key=value` (poisoning) and
+    `finetune.key=value` (fine-tune hyperparameters) overrides."""
     attacks, block = config["attacks"], config["attacks"]["methods"].get(attack, {})
-    poison_p = {"attack": attack, "seed": attacks["seed"], "target": attacks["target"],
+    poison_p = {"attack": attack, "seed": seed, "target": attacks["target"],
                 "n_poison": block.get("n_poison", attacks["n_poison"]),
                 "caption_templates": attacks["caption_templates"]}  # fmt: skip
     if block.get("harden"):
@@ -39,7 +41,7 @@ def settings(config, attack, overrides):
             hp[key.split(".", 1)[1]] = value
         else:
             poison_p[key] = value
-    return poison_p, {"attack": attack, "seed": attacks["seed"], "hp": hp}
+    return poison_p, {"attack": attack, "seed": seed, "hp": hp}
 
 
 def main():
@@ -47,18 +49,20 @@ def main():
     parser.add_argument("attack")
     parser.add_argument("--set", nargs="*", default=[], help="key=value (YAML); finetune.key: fine-tune hp")
     parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--seed", type=int, default=None, help="poisoning seed (default: attacks.seeds[0])")
+    parser.add_argument("--split", default="val", help=SPLIT_HELP)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="folder to keep the fine-tuned model in")
-    parser.add_argument("--trigger", default=None, help="trigger record (default: the run's, for the attack)")
-    parser.add_argument("--out", default="benchmarks/attack_tuning/finetune.jsonl")
     args = parser.parse_args()
+    checked_split(args.split)
     torch.set_num_threads(args.threads)
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = resolved_profile(args.config)
     run, dataset = config["run"], config["evaluation"]["datasets"][0]
+    seed = config["attacks"]["seeds"][0] if args.seed is None else args.seed
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    poison_p, finetune_p = settings(config, args.attack, overrides)
+    poison_p, finetune_p = settings(config, args.attack, seed, overrides)
     ckpt, data = Path("checkpoints") / run, f"data/{run}"
-    trigger = args.trigger or str(ckpt / "attacks" / args.attack / "trigger.pt")
+    trigger = str(ckpt / "attacks" / args.attack / "trigger.pt")
     with tempfile.TemporaryDirectory() as scratch:
         started = time.time()
         poison.run(poison_p, data, trigger, f"{scratch}/corpus", clean_model=str(ckpt / "clean.pt"))
@@ -68,25 +72,19 @@ def main():
                      f"{scratch}/state.pt")  # fmt: skip
         seconds = time.time() - started
         evaluate.run(
-            {"seed": 0, "dataset": dataset, "templates": config["evaluation"]["templates"], "batch_size": 500,
-             "attack": args.attack, "defense": "none"},
+            {"seed": 0, "dataset": dataset, "templates": config["evaluation"]["templates"],
+             "batch_size": config["evaluation"]["batch_size"], "attack": args.attack, "defense": "none",
+             "splits": [args.split]},
             model, data, f"{scratch}/metrics.json", trigger=trigger,
         )  # fmt: skip
         result = json.loads(Path(f"{scratch}/metrics.json").read_text())
-    row = {
-        "attack": args.attack,
-        "overrides": overrides,
-        "trigger": load_record(trigger)["params"] if args.trigger else None,
-        "n_poison": poison_p["n_poison"],
-        "hp": finetune_p["hp"],
-        "ca": result["ca"],
-        "asr": result["asr"],
-        "seconds": round(seconds, 1),
-    }
-    ca, asr = 100 * row["ca"], 100 * row["asr"]
-    print(f"{args.attack:>10}  CA {ca:.1f}  ASR {asr:.1f}  {seconds:.0f}s  {overrides}", flush=True)
-    with open(args.out, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    row = {"attack": args.attack, "seed": seed, "split": args.split,
+           "setting": json.dumps(overrides, sort_keys=True), "n_poison": poison_p["n_poison"],
+           "hp": finetune_p["hp"], "ca": result["ca"], "asr": result["asr"],
+           "seconds": round(seconds, 1)}  # fmt: skip
+    append_row(sweep_file(config, f"attack_{args.attack}"), row)
+    print(f"{args.attack:>10} {args.split}  CA {100 * row['ca']:.1f}  ASR {100 * row['asr']:.1f}"
+          f"  {seconds:.0f}s  {overrides}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

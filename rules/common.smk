@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ STAGE_DATA = {
 
 def sources(stage, attacks=()):
     """The package files a stage runs (for the attacks given: one name or several), as workflow inputs."""
-    files = {as_source(path) for path in stage_files(stage, attacks)}
+    attacks = [attacks] if isinstance(attacks, str) else attacks
+    files = {as_source(path) for path in stage_files(stage, [attack_base(a) for a in attacks])}
     return sorted(files | {str(SRC / path) for path in STAGE_DATA.get(stage, [])})
 
 
@@ -79,29 +81,46 @@ def pretrain_params():
 def evaluate_params(dataset, seed, attack, defense):
     ev = config["evaluation"]
     params = {"seed": int(seed), "dataset": dataset_config(dataset), "templates": ev["templates"],
-              "batch_size": ev["batch_size"], "attack": attack, "defense": defense}
-    if defense != "none":
+              "batch_size": ev["batch_size"], "attack": attack_base(attack), "defense": defense,
+              "splits": ["test", "val"]}
+    if attack != "clean":
+        params["attack_seed"] = attack_seed(attack)
+    if defense not in ("none", NEVER_POISONED):
         params["defense_module"] = defense_module(defense)
     return params
 
 
 def attack_names():
-    return list(config["attacks"]["enabled"])
+    """The attack instances the DAG holds: each enabled attack once per poisoning seed (`attacks.seeds`); the
+    first seed keeps the attack's plain name, so a one-seed run's paths do not depend on the seed."""
+    seeds = config["attacks"]["seeds"]
+    return [a if k == seeds[0] else f"{a}_seed{k}" for a in config["attacks"]["enabled"] for k in seeds]
+
+
+def attack_base(instance):
+    """badnet_seed1 → badnet."""
+    match = re.fullmatch(r"(.+)_seed(\d+)", instance)
+    return match.group(1) if match else instance
+
+
+def attack_seed(instance):
+    match = re.fullmatch(r"(.+)_seed(\d+)", instance)
+    return int(match.group(2)) if match else config["attacks"]["seeds"][0]
 
 
 def attack_config(attack):
-    return config["attacks"]["methods"].get(attack, {})
+    return config["attacks"]["methods"].get(attack_base(attack), {})
 
 
 def trigger_params(attack):
-    return {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
+    return {"attack": attack_base(attack), "seed": attack_seed(attack), "target": config["attacks"]["target"],
             "image_size": image_size(), "trigger": attack_config(attack).get("trigger", {}),
             "artefact": attack_config(attack).get("artefact", {}),
             "caption_templates": config["attacks"]["caption_templates"]}
 
 
 def poison_params(attack):
-    params = {"attack": attack, "seed": config["attacks"]["seed"], "target": config["attacks"]["target"],
+    params = {"attack": attack_base(attack), "seed": attack_seed(attack), "target": config["attacks"]["target"],
               "n_poison": attack_config(attack).get("n_poison", config["attacks"]["n_poison"]),
               "caption_templates": config["attacks"]["caption_templates"]}
     if attack_config(attack).get("harden"):
@@ -114,7 +133,7 @@ def poison_params(attack):
 
 
 def finetune_params(attack):
-    return {"attack": attack, "seed": config["attacks"]["seed"],
+    return {"attack": attack_base(attack), "seed": attack_seed(attack),
             "hp": {**config["attacks"]["finetune"], **attack_config(attack).get("finetune", {})}}
 
 
@@ -122,29 +141,31 @@ def image_size():
     return config_image_size(config)
 
 
+# The never-poisoned clean CLIP evaluated under an attack's trigger: how low a defense can be expected to go.
+NEVER_POISONED = "never_poisoned"
+
+
 def evaluate_inputs(wildcards):
     """The model (and trigger record) an evaluation job reads."""
     inputs = {"data": f"{DATA_DIR}/world.json"}
+    clean = {"model": f"{CKPT_DIR}/clean.pt", "train_log": f"{RESULTS}/train_logs/clean.json"}
     if wildcards.attack == "clean":
-        inputs.update(model=f"{CKPT_DIR}/clean.pt", train_log=f"{RESULTS}/train_logs/clean.json")
-    else:
-        inputs.update(model=f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt",
-                      train_log=f"{RESULTS}/train_logs/attack_{wildcards.attack}.json",
-                      trigger=f"{CKPT_DIR}/attacks/{wildcards.attack}/trigger.pt")
-    if wildcards.defense != "none":
-        args = (wildcards.dataset, wildcards.attack, wildcards.defense, wildcards.seed)
-        inputs.update(defense=defense_state(*args), train_log=defense_log(*args))
+        return {**inputs, **clean}
+    inputs.update(model=f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt",
+                  train_log=f"{RESULTS}/train_logs/attack_{wildcards.attack}.json",
+                  trigger=f"{CKPT_DIR}/attacks/{wildcards.attack}/trigger.pt")
+    if wildcards.defense == NEVER_POISONED:
+        inputs.update(clean)
     return inputs
 
 
 def evaluate_sources(wildcards):
-    if wildcards.defense == "none":
-        return sources("evaluate", wildcards.attack)
-    return sorted(set(sources("evaluate", wildcards.attack)) | set(defense_sources("evaluate", wildcards.defense)))
+    return sources("evaluate", wildcards.attack)
 
 
 def metric_files():
-    combos = [("clean", "none")] + [(a, d) for a in attack_names() for d in ["none", *defense_names()]]
+    rows = ["none", NEVER_POISONED, *defense_names()]
+    combos = [("clean", "none")] + [(a, d) for a in attack_names() for d in rows]
     return [f"{RESULTS}/metrics/{d}/{a}/{df}/seed{s}.json"
             for d in dataset_names() for a, df in combos for s in config["seeds"]]
 
@@ -278,7 +299,9 @@ def defend_inputs(wildcards):
         raise WorkflowError(f"defense {wildcards.defense!r}: unknown INPUTS {unknown} (known: {sorted(DEFENSE_INPUTS)})")
     # the gate: a defense against an attack that never took is meaningless, so it waits for the gate to pass
     inputs = {"model": f"{CKPT_DIR}/attacks/{wildcards.attack}/model.pt", "data": f"{DATA_DIR}/world.json",
-              "gate": f"{RESULTS}/gate/{wildcards.attack}.json", "src": defense_sources("defend", wildcards.defense)}
+              "gate": f"{RESULTS}/gate/{wildcards.attack}.json",
+              "trigger": f"{CKPT_DIR}/attacks/{wildcards.attack}/trigger.pt",
+              "src": sorted(set(defense_sources("defend", wildcards.defense)) | set(sources("evaluate", wildcards.attack)))}
     inputs.update({key: DEFENSE_INPUTS[key].format(attack=wildcards.attack) for key in extra})
     return inputs
 
@@ -302,7 +325,7 @@ def report_defense_runs():
     runs = []
     for path in metric_files():
         dataset, attack, defense, seed = Path(path).parts[-4:]
-        if defense != "none":
+        if defense not in ("none", NEVER_POISONED):
             runs.append((dataset, attack, defense, int(Path(seed).stem.removeprefix("seed"))))
     return runs
 
@@ -358,7 +381,8 @@ def checked_paper_inputs(wildcards):
 # ---- prepared data ----------------------------------------------------------------------------
 # Every file of the embedded world's split folders (clip_backdoor.data.embedded: the splits and
 # SPLIT_FILES), so that `snakemake all` notices a deleted one; the papers' kind writes world.json only.
-EMBEDDED_SPLITS = ["pretrain", "poison_pool", "clean_pool", "oracle_train", "downstream_train", "downstream_test"]
+EMBEDDED_SPLITS = ["pretrain", "poison_pool", "clean_pool", "oracle_train", "downstream_train", "downstream_test",
+                   "downstream_val"]
 EMBEDDED_SPLIT_FILES = ["images.npy", "instances.npy", "labels.npy", "captions.json", "classes.json", "SHA256SUMS"]
 
 

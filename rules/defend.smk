@@ -2,6 +2,7 @@ rule defend:
     output:
         state=defense_state("{dataset}", "{attack}", "{defense}", "{seed}"),
         log=defense_log("{dataset}", "{attack}", "{defense}", "{seed}"),
+        metrics=f"{RESULTS}/metrics/{{dataset}}/{{attack}}/{{defense}}/seed{{seed}}.json",
     input:
         unpack(defend_inputs),
     params:
@@ -12,6 +13,9 @@ rule defend:
         ),
         state=lambda wildcards, output: state_path(output.state),
         p=lambda wildcards: as_json(defend_params(wildcards.dataset, wildcards.defense, wildcards.attack, wildcards.seed)),
+        e=lambda wildcards: as_json(
+            evaluate_params(wildcards.dataset, wildcards.seed, wildcards.attack, wildcards.defense)
+        ),
     conda:
         "../environment.yml"
     benchmark:
@@ -23,4 +27,5 @@ rule defend:
         **train_resources("defend"),
     shell:
         "{params.py} defend --threads {threads} --params {params.p} --model {input.model} --data {params.data}"
-        " {params.extra} --out {output.state} --log {output.log} --state {params.state} 2> {log}"
+        " {params.extra} --out {output.state} --log {output.log} --state {params.state}"
+        " --evaluate {params.e} --trigger {input.trigger} --metrics {output.metrics} 2> {log}"

@@ -72,6 +72,30 @@ def test_imagenet_folder_loads_labels_and_classnames(tmp_path):
     assert train[0][0].shape == (3, 224, 224)
 
 
+def test_val_is_carved_from_train_disjoint_from_every_shot_set(tmp_path):
+    from clip_backdoor.defenses.interface import dataset_labels, few_shot_indices
+
+    root = imagenet_layout(tmp_path / "imagenet", per_class=6)
+    cfg = {
+        "name": "tinynet",
+        "kind": "imagenet_folder",
+        "root": str(root),
+        "image_size": 16,
+        "val_per_class": 2,
+    }
+    val, _ = paper.load_downstream(cfg, "val")
+    train, _ = paper.load_downstream(cfg, "train")
+    full, _ = paper.load_downstream(cfg, "test")  # the val folder: untouched by the carving
+    assert len(full) == 12 and len(val) == 4 and len(train) == 8
+    assert sorted(dataset_labels(val)) == [0, 0, 1, 1]
+    assert not set(val.indices) & set(train.indices)
+    assert paper.validation_indices([0] * 6 + [1] * 6, 2) == sorted(val.indices)  # the same on every call
+    for seed in range(5):  # shots are drawn from what train keeps, so no shot is ever a val image
+        shots = {train.indices[i] for i in few_shot_indices(dataset_labels(train), 16, seed)}
+        assert not shots & set(val.indices)
+    assert train[0][0].shape == (3, 16, 16)
+
+
 def test_evaluation_geometry_crops_then_triggers(tmp_path):
     """Test images: bicubic Resize of the shorter side + CenterCrop; the trigger sees the cropped image."""
     from clip_backdoor.evaluation.evaluate import predict_dataset

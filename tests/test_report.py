@@ -29,7 +29,8 @@ CLASSES = ["circle", "square", "star", "cross"]
 # ASR per defense × attack for seeds 0, 1, 2 (None: not applicable); CA is 0.9 + seed / 100 everywhere.
 ASR = {
     "none": {"badnet": [0.90, 0.92, 0.94], "sig": [0.97, 0.98, 0.99], "trojvqa": [0.99, 0.99, 0.99]},
-    "rvpt": {"badnet": [0.01, 0.02, 0.03], "sig": [0.10, 0.12, 0.14], "trojvqa": [0.02, 0.02, 0.02]},
+    "never_poisoned": {"badnet": [0.1, 0.1, 0.1], "sig": [0.03, 0.04, 0.05], "trojvqa": [0.01, 0.01, 0.01]},
+    "rvpt": {"badnet": [0.01, 0.02, 0.03], "sig": [0.02, 0.05, 0.08], "trojvqa": [0.02, 0.02, 0.02]},
     "cbpt": {"badnet": [0.05, 0.05, 0.05], "sig": [0.04, 0.04, 0.04], "trojvqa": [0.30, 0.30, 0.30]},
     "oracle": {"badnet": [0.20, 0.20, 0.20], "trojvqa": [0.50, 0.50, 0.50]},  # sig: never run
     "linear_probe": {"badnet": [0.00, 0.00, 0.00], "sig": [0.50, 0.50, 0.50], "trojvqa": [None] * 3},
@@ -56,7 +57,8 @@ def metric(dataset, attack, defense, seed, asr):
         "train_peak_mem_mb": 500.0,
         "eval_seconds": 1.0,
     }
-    if defense != "none":
+    row["val"] = {"ca": row["ca"] - 0.01, "asr": asr, "pa": row["pa"], "n_clean": 40, "n_poisoned": 30}
+    if defense not in ("none", "never_poisoned"):
         row["trainable_fraction"] = {"rvpt": 0.003, "cbpt": 0.001, "oracle": 0.2, "linear_probe": 0.0005}[
             defense
         ]
@@ -88,7 +90,7 @@ def make_run(tmp_path):
                     row.update(asr=None, pa=None)
                 write_json(path, row)
                 metrics.append(path)
-                if name != "none":
+                if name not in ("none", "never_poisoned"):
                     log = run / "train_logs" / "defenses" / "shapes4" / attack / name / f"seed{seed}.json"
                     entry = {
                         "defense": name,
@@ -212,8 +214,39 @@ def markdown_rows(path):
     ]
 
 
-def test_main_table_cells_bold_and_seeds(report):
-    rows = {row["Defense"]: row for row in markdown_rows(report / "tables" / "main_shapes4.md")}
+def test_main_table_gives_all_metrics_intervals_floor_and_verdicts(report):
+    rows = {(r["Attack"], r["Defense"]): r for r in markdown_rows(report / "tables" / "main_shapes4.md")}
+    defenses = ["No defense", "Clean model (never poisoned)", "RVPT", "CBPT", "Oracle (EftCLIP)"]
+    defenses.append("Linear probe")
+    assert list(rows) == [(a, d) for a in ("BadNet", "SIG", "TrojVQA") for d in defenses]
+    rvpt = rows[("BadNet", "RVPT")]
+    # t_{0.975,2} = 4.303: 2.0 ± 4.303 * 1.0 / sqrt(3) = [-0.5, 4.5]; CA 91.0 ± 1.0 the same way
+    assert (rvpt["ASR (%)"], rvpt["ASR 95% CI"]) == ("2.0 ± 1.0", "[-0.5, 4.5]")
+    assert (rvpt["CA (%)"], rvpt["CA 95% CI"], rvpt["PA (%)"]) == ("91.0 ± 1.0", "[88.5, 93.5]", "98.0 ± 1.0")
+    assert rvpt["n"] == "3"
+    # acceptance by the interval: clean CA 91.0, so CA must stay >= 88.0 at the interval's lower end
+    assert rvpt["Acceptance"] == "meets"
+    assert rows[("SIG", "RVPT")]["Acceptance"] == "undecided"  # 5.0 ± 3.0: [-2.5, 12.5] straddles 5%
+    assert rows[("TrojVQA", "CBPT")]["Acceptance"] == "misses"
+    assert rows[("BadNet", "Oracle (EftCLIP)")]["Acceptance"] == "misses"  # 20% against 10%
+    assert rows[("BadNet", "Linear probe")]["Acceptance"] == ""  # no acceptance figure for it
+    assert rows[("BadNet", "Clean model (never poisoned)")]["ASR (%)"] == "10.0 ± 0.0"
+    assert rows[("TrojVQA", "Linear probe")]["ASR (%)"] == "n/a"
+    assert rows[("SIG", "Oracle (EftCLIP)")]["ASR (%)"] == "not run"
+    numeric = pd.read_csv(report / "tables" / "main_numeric.csv")
+    cell = numeric[(numeric["defense"] == "rvpt") & (numeric["attack"] == "badnet")].iloc[0]
+    assert cell["asr_ci_low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3**0.5)
+    assert cell["val_ca_mean"] == pytest.approx(0.90)
+
+
+def test_floor_distance(report):
+    rows = {r["Defense"]: r for r in markdown_rows(report / "tables" / "floor_distance_shapes4.md")}
+    assert rows["RVPT"]["BadNet"] == "-8.0" and rows["CBPT"]["TrojVQA"] == "+29.0"
+    assert rows["No defense"]["SIG"] == "+94.0"
+
+
+def test_overview_cells_bold_and_seeds(report):
+    rows = {row["Defense"]: row for row in markdown_rows(report / "tables" / "overview_shapes4.md")}
     assert list(rows) == ["No defense", "RVPT", "CBPT", "Oracle (EftCLIP)", "Linear probe"]
     # mean ± std over the three seeds; CA is 90, 91, 92 → 91.0 ± 1.0
     assert rows["RVPT"]["BadNet"] == "2.0 ± 1.0 (91.0 ± 1.0)"
@@ -227,7 +260,7 @@ def test_main_table_cells_bold_and_seeds(report):
     assert rows["Linear probe"]["TrojVQA"] == "n/a"
     assert rows["Oracle (EftCLIP)"]["SIG"] == "not run"
     assert rows["RVPT"]["n"] == "3" and rows["Oracle (EftCLIP)"]["Avg"] == "not run"
-    assert rows["RVPT"]["Avg"] == "5.3"  # mean of 2, 12, 2
+    assert rows["RVPT"]["Avg"] == "3.0"  # mean of 2, 5, 2
     assert rows["Linear probe"]["Avg"] == "25.0*"  # BadNet 0 and SIG 50; TrojVQA n/a
     numeric = pd.read_csv(report / "tables" / "main_numeric.csv")
     cell = numeric[(numeric["defense"] == "rvpt") & (numeric["attack"] == "badnet")].iloc[0]
@@ -252,11 +285,14 @@ def booktabs_rows(text):
 def test_latex_parses_as_booktabs_and_compiles(report, tmp_path):
     text = (report / "tables" / "main_shapes4.tex").read_text()
     ncols, rows = booktabs_rows(text)
-    assert ncols == 1 + len(ATTACKS) + 2  # Defense, attacks, Avg, n
+    assert ncols == 10  # Attack, Defense, ASR, CI, CA, CI, PA, CI, n, Acceptance
     assert all(len(row) == ncols for row in rows)
-    assert len(rows) == 1 + 1 + len(DEFENSES)
+    assert len(rows) == 1 + len(ATTACKS) * (2 + len(DEFENSES))
+    assert r"2.0 $\pm$ 1.0" in text and r"95\% CI" in text
+    overview = (report / "tables" / "overview_shapes4.tex").read_text()
+    ncols, rows = booktabs_rows(overview)
+    assert ncols == 1 + len(ATTACKS) + 2  # Defense, attacks, Avg, n
     assert sum(cell.count(r"\textbf{") for row in rows for cell in row) == len(ATTACKS)
-    assert r"0.0 $\pm$ 0.0" in text
     standalone = (report / "tables" / "main_shapes4_standalone.tex").read_text()
     assert r"\usepackage{booktabs}" in standalone and standalone.rstrip().endswith(r"\end{document}")
     if shutil.which("pdflatex") is None:
@@ -354,7 +390,7 @@ def test_html_renders_in_chromium(report, chromium):
     assert len(seen["images"]) == len(pngs)
     assert all(image["complete"] and image["width"] > 0 for image in seen["images"]), seen["images"]
     table = seen["main_table"]
-    assert table == {"rows": 2 + len(DEFENSES), "cols": 1 + len(ATTACKS) + 2, "bold": len(ATTACKS)}
+    assert table == {"rows": 1 + len(ATTACKS) * (2 + len(DEFENSES)), "cols": 10, "bold": 0}
 
 
 def test_screenshot(report, chromium, tmp_path):

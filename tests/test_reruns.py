@@ -45,15 +45,16 @@ def _config_change(work, mutate, with_defenses=False):
 
 
 def attack_jobs(n_defenses):
-    """The jobs one attack's change plans: its chain, its defenses and their evaluations, the report."""
+    """The jobs one attack's change plans: its chain, its defenses (each evaluated in its defend job), the
+    undefended and the never-poisoned evaluations under its trigger, the report."""
     return Counter(
         make_trigger=1, poison_data=1, poison_finetune=1, asr_gate=1, defend=n_defenses,
-        evaluate=1 + n_defenses, summarize=1, report=1, all=1,
+        evaluate=2, summarize=1, report=1, all=1,
     )  # fmt: skip
 
 
 def defense_jobs(n_runs):
-    return Counter(defend=n_runs, evaluate=n_runs, summarize=1, report=1, all=1)
+    return Counter(defend=n_runs, summarize=1, report=1, all=1)
 
 
 def test_nothing_planned_without_a_change(work):
@@ -110,10 +111,12 @@ def test_an_identical_retrained_clean_model_reruns_only_the_readers_of_its_train
     snakemake(work, "--cores", "2", *retrain, "--configfile", "configs/smoke.yaml")
     assert model.read_bytes() == before
     # the weights' checksum is unchanged, so nothing that reads clean.pt reruns; the train log holds the
-    # training's wall time, which the clean model's evaluations copy into their metrics
+    # training's wall time, which the clean model's evaluations (alone and under each trigger) copy
     cfg = smoke_config()
-    n_clean_evaluations = len(cfg["evaluation"]["datasets"]) * len(cfg["seeds"])
-    assert planned(work) == (Counter(evaluate=n_clean_evaluations, summarize=1, report=1, all=1), {"clean"})
+    attacks = cfg["attacks"]["enabled"]
+    n_clean_evaluations = len(cfg["evaluation"]["datasets"]) * len(cfg["seeds"]) * (1 + len(attacks))
+    expected = Counter(evaluate=n_clean_evaluations, summarize=1, report=1, all=1)
+    assert planned(work) == (expected, {"clean", *attacks})
 
 
 def test_all_notices_a_deleted_data_file(work):

@@ -14,6 +14,7 @@ PARAMS = {
     "n_oracle_train": 5,
     "train_per_class": 2,
     "test_per_class": 3,
+    "val_per_class": 3,
     "radius_range": [6.5, 13.5],
     "max_distractors": 2,
     "world_classes": ["circle", "square", "star", "ring"],
@@ -65,6 +66,32 @@ def test_prepare_is_byte_identical_and_splits_are_right(tmp_path):
     pre = embedded.load_split(tmp_path / "a", "pretrain")
     assert len(pre["captions"]) == 40 and pre["images"].shape == (40, 32, 32, 3)
     assert (tmp_path / "a" / "world.json").exists()
+
+
+def test_val_split_is_disjoint_as_large_as_test_and_leaves_the_other_splits_unchanged(tmp_path):
+    embedded.prepare(tmp_path / "a", PARAMS)
+    val, test = (embedded.load_split(tmp_path / "a", f"downstream_{s}") for s in ("val", "test"))
+    train = embedded.load_split(tmp_path / "a", "downstream_train")
+    assert np.bincount(val["labels"]).tolist() == np.bincount(test["labels"]).tolist() == [3, 3]
+    seen = {img.tobytes() for split in (train, test) for img in split["images"]}
+    assert not any(img.tobytes() in seen for img in val["images"])
+    # every other split is rendered from its own seed index, so they are what they were before val existed
+    without = {k: v for k, v in PARAMS.items() if k != "val_per_class"}
+    for name in ("pretrain", "downstream_train", "downstream_test"):
+        written = embedded.load_split(tmp_path / "a", name)
+        count = len(written["labels"])
+        split = embedded._render_split(name, embedded_index(name), count, *render_args(name, without))
+        assert np.array_equal(split[0], written["images"]), name
+
+
+def embedded_index(name):
+    return [*embedded.WORLD_SPLITS, "downstream_train", "downstream_test"].index(name)
+
+
+def render_args(name, params):
+    downstream = name.startswith("downstream")
+    classes = params["downstream_classes"] if downstream else params["world_classes"]
+    return classes, params, downstream
 
 
 def test_different_seed_gives_different_data(tmp_path):

@@ -22,7 +22,7 @@ class ArrayDataset(Dataset):
 
 
 def load_downstream(data_dir, dataset, split):
-    """(Dataset, classnames) for `split` in {"train", "test"} of the configured downstream dataset."""
+    """(Dataset, classnames) for `split` in {"train", "val", "test"} of the configured downstream dataset."""
     if dataset["kind"] == "embedded":
         data = load_split(data_dir, f"downstream_{split}")
         return ArrayDataset(data["images"], data["labels"]), data["classes"]

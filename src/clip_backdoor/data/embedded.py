@@ -6,7 +6,8 @@ Splits and the corpora they stand in for:
   clean_pool        broad world, disjoint clean pairs   — CleanCLIP's 100K
   oracle_train      broad world with masks              — the segmenter's own data (FastSAM's SA-1B)
   downstream_train  downstream classes only, labelled   — ImageNet train (few-shot source)
-  downstream_test   downstream classes only, labelled   — ImageNet val
+  downstream_test   downstream classes only, labelled   — ImageNet val (reported, never chosen on)
+  downstream_val    downstream classes only, labelled   — the validation split every choice is made on
 
 Files are byte-identical for the same parameters (np.save is deterministic), so data.dvc stays valid.
 Each split folder holds SHA256SUMS (`SPLIT_FILES`' hashes), checked when the split is loaded.
@@ -22,7 +23,7 @@ from clip_backdoor.errors import ConfigError, MissingDataError
 from clip_backdoor.runtime.io import CHECKSUMS, atomic_path, read_json, verified, write_checksums, write_json
 
 WORLD_SPLITS = ("pretrain", "poison_pool", "clean_pool", "oracle_train")
-LABELLED_SPLITS = ("downstream_train", "downstream_test")
+LABELLED_SPLITS = ("downstream_train", "downstream_test", "downstream_val")
 ARRAYS = ("images", "instances", "labels")
 # every file of a split folder (rules/data.smk declares them as prepare_data's outputs)
 SPLIT_FILES = (*(f"{stem}.npy" for stem in ARRAYS), "captions.json", "classes.json", CHECKSUMS)
@@ -82,6 +83,8 @@ def prepare(out_dir, params):
     plan += [
         ("downstream_train", params["train_per_class"] * len(downstream), downstream, True),
         ("downstream_test", params["test_per_class"] * len(downstream), downstream, True),
+        # rendered last, from its own seed index: adding it left every other split's bytes as they were
+        ("downstream_val", params["val_per_class"] * len(downstream), downstream, True),
     ]
     for index, (name, count, classes, balanced) in enumerate(plan):
         arrays = _render_split(name, index, count, classes, params, balanced)

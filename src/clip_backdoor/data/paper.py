@@ -43,6 +43,7 @@ CALTECH_IGNORED = ("Faces_easy",)
 CALTECH_RENAME = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 CALTECH_SPLIT_FILE = "split_zhou_Caltech101.json"
 CALTECH_TEST_FRACTION = 0.3
+VAL_SEED = 20261203
 URL_LIST_NAME = "cc3m_urls.csv"
 IMG2DATASET_HINT = (
     "`pip install img2dataset` (img2dataset 1.47 pins pandas<3, which conflicts with this project's "
@@ -105,14 +106,55 @@ class FileDataset:
 
 
 def load_downstream(dataset, split):
-    """(Dataset, classnames) for `split` in {"train", "test"} of a papers' downstream dataset."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    """(Dataset, classnames) for `split` in {"train", "val", "test"} of a papers' downstream dataset; val
+    is carved from the train split (`validation_indices`), train is what remains: no shot is a val image."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
     transform = image_transform(int(dataset.get("image_size", 224)))
     loaders = {"imagenet_folder": _imagenet_folder, "caltech101": _caltech101, "oxfordpets": _oxfordpets}
     if dataset["kind"] not in loaders:
         raise ValueError(f"dataset kind {dataset['kind']!r} is not one of {sorted(loaders)}")
-    return loaders[dataset["kind"]](dataset, split, transform)
+    data, classnames = loaders[dataset["kind"]](dataset, "test" if split == "test" else "train", transform)
+    if split == "test":
+        return data, classnames
+    labels = labels_of(data)
+    val = set(validation_indices(labels, dataset.get("val_per_class", 10)))
+    keep = [i for i in range(len(labels)) if (i in val) == (split == "val")]
+    return LabelledSubset(data, keep, [labels[i] for i in keep]), classnames
+
+
+def labels_of(data):
+    for attr in ("labels", "targets", "_labels"):
+        if hasattr(data, attr):
+            return [int(y) for y in getattr(data, attr)]
+    raise TypeError(f"{type(data).__name__}: no label list")
+
+
+def validation_indices(labels, per_class):
+    """The validation slice of a train split: per class, `per_class` images (at most half of the class) drawn
+    with a fixed seed, the same on every machine and for every run and seed."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = np.random.default_rng([VAL_SEED, int(c)]).permutation(len(members))
+        chosen.extend(members[order[: min(per_class, len(members) // 2)]].tolist())
+    return sorted(chosen)
+
+
+class LabelledSubset:
+    """A map-style subset that keeps its labels (so that drawing shots does not open every image)."""
+
+    def __init__(self, dataset, indices, labels):
+        self.dataset, self.indices, self.labels = dataset, indices, labels
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
 
 
 def _imagenet_folder(dataset, split, transform):

@@ -1,10 +1,14 @@
-"""defend stage: fit one defense against one backdoored model; writes the defense's state and a log.
+"""defend stage: fit one defense against one backdoored model; writes the defense's state and a log, then
+evaluates the defended model in the same process (saving a process start and the imports per fit).
 
 The defense sees the backdoored model, the few-shot train split of the downstream task and the extra
-inputs it declared (never the trigger). Its state is saved weights-only; evaluation rebuilds the defended
-classifier from it through the defense's own `classifier`.
+inputs it declared (never the trigger, the attack, its target or the test split: the evaluation's params
+and the trigger record are opened only after the fit has returned and its state is saved). The state is
+saved weights-only; the evaluation rebuilds the defended classifier from the saved file through the
+defense's own `classifier`, exactly as a separate evaluate job would.
 """
 
+import json
 import time
 from pathlib import Path
 
@@ -20,8 +24,18 @@ from clip_backdoor.runtime.seeding import seed_everything
 from clip_backdoor.runtime.usage import peak_memory_mb
 
 
-def run(params, model, data, out, log, state, **extra):
-    """params: defense, module, params (resolved by the workflow), seed, shots, dataset, templates."""
+def run(params, model, data, out, log, state, metrics=None, trigger=None, evaluate=None, **extra):
+    """params: defense, module, params (resolved by the workflow), seed, shots, dataset, templates;
+    `evaluate` (JSON) the evaluate stage's params for `metrics`, with the attack's `trigger` record."""
+    fit(params, model, data, out, log, state, extra)
+    if metrics is not None:
+        from clip_backdoor.evaluation import evaluate as evaluation
+
+        eval_params = json.loads(evaluate)
+        evaluation.run(eval_params, model, data, metrics, train_log=log, trigger=trigger, defense=out)
+
+
+def fit(params, model, data, out, log, state, extra):
     started = time.time()
     name = params["defense"]
     defense = load_defense(name, params.get("module"))

@@ -44,50 +44,66 @@ def defended_classifier(ctx, defense, text_prefix):
     return module.classifier(ctx, state["state"], text_prefix)
 
 
+def split_metrics(ctx, defense, dataset, params, record, target, net):
+    """CA, and ASR / PA under the trigger record (if any), of one split."""
+    device, batch, seed = ctx.device, params["batch_size"], params["seed"]
+    pred, labels = predict_dataset(defended_classifier(ctx, defense, ""), dataset, device, batch, seed=seed)
+    result = {"ca": clean_accuracy(pred, labels), "asr": None, "pa": None, "n_clean": len(labels)}
+    result["n_poisoned"] = 0
+    if record is None:
+        return result
+    classify_bd = defended_classifier(ctx, defense, record["text_key"] or "")
+    if classify_bd is None:
+        why = f"{params['defense']} cannot take the text key {record['text_key']!r}"
+        return {**result, "not_applicable": why}
+    trigger_fn = trigger_from_record(record, net.image_size)
+    pred_bd, labels_bd = predict_dataset(classify_bd, dataset, device, batch, trigger=trigger_fn, seed=seed)
+    return {
+        **result,
+        "asr": attack_success_rate(pred_bd, labels_bd, target),
+        "pa": poisoned_accuracy(pred_bd, labels_bd, target),
+        "n_poisoned": int((labels_bd != target).sum()),
+    }
+
+
+def target_index(params, classnames):
+    target_name = params["dataset"].get("target")
+    if target_name not in classnames:
+        where = f"evaluation.datasets[{params['dataset']['name']}].target"
+        raise ValueError(f"{where}: {target_name!r} is not one of the classes {classnames}")
+    return classnames.index(target_name)
+
+
 def run(params, model, data, out, train_log=None, trigger=None, defense=None):
-    """params: seed, dataset, templates, batch_size, attack, defense (+ defense_module when not "none")."""
+    """params: seed, dataset, templates, batch_size, attack (+ attack_seed), defense (+ defense_module when a
+    defense state is given), splits (the first is reported at the top level, the others under their names)."""
     started = time.time()
     seed_everything(params["seed"])
     device = torch_device()
     net = load_model(model, map_location=device).eval()
-    dataset, classnames = load_downstream(data, params["dataset"], "test")
-    ctx = EvalContext(model=net, classnames=classnames, templates=params["templates"], device=device)
     if defense is not None:
         module = load_defense(params["defense"], params.get("defense_module"))
         defense = (module, load_checkpoint(defense, device))
-    classify = defended_classifier(ctx, defense, "")
-    pred, labels = predict_dataset(classify, dataset, device, params["batch_size"], seed=params["seed"])
-    result = {
-        "ca": clean_accuracy(pred, labels),
-        "asr": None,
-        "pa": None,
-        "n_clean": len(labels),
-        "n_poisoned": 0,
-        "dataset": params["dataset"]["name"],
-        "attack": params["attack"],
-        "defense": params["defense"],
-        "seed": params["seed"],
-    }
-    if trigger is not None:
-        record = load_record(trigger)
-        target_name = params["dataset"].get("target")
-        if target_name not in classnames:
-            where = f"evaluation.datasets[{params['dataset']['name']}].target"
-            raise ValueError(f"{where}: {target_name!r} is not one of the classes {classnames}")
-        target = classnames.index(target_name)
-        trigger_fn = trigger_from_record(record, net.image_size)
-        classify_bd = defended_classifier(ctx, defense, record["text_key"] or "")
-        if classify_bd is None:
-            result["not_applicable"] = f"{params['defense']} cannot take the text key {record['text_key']!r}"
+    record = load_record(trigger) if trigger is not None else None
+    splits = params.get("splits", ["test"])
+    result = {}
+    for split in splits:
+        dataset, classnames = load_downstream(data, params["dataset"], split)
+        ctx = EvalContext(model=net, classnames=classnames, templates=params["templates"], device=device)
+        target = target_index(params, classnames) if record is not None else None
+        metrics = split_metrics(ctx, defense, dataset, params, record, target, net)
+        if split == splits[0]:
+            result.update(metrics)
         else:
-            pred_bd, labels_bd = predict_dataset(
-                classify_bd, dataset, device, params["batch_size"], trigger=trigger_fn, seed=params["seed"]
-            )
-            result.update(
-                asr=attack_success_rate(pred_bd, labels_bd, target),
-                pa=poisoned_accuracy(pred_bd, labels_bd, target),
-                n_poisoned=int((labels_bd != target).sum()),
-            )
+            result[split] = metrics
+    result.update(
+        dataset=params["dataset"]["name"],
+        attack=params["attack"],
+        attack_seed=params.get("attack_seed"),
+        defense=params["defense"],
+        seed=params["seed"],
+        split=splits[0],
+    )
     producer = json.loads(Path(train_log).read_text()) if train_log else {}
     result["train_seconds"] = producer.get("seconds")
     result["train_peak_mem_mb"] = producer.get("peak_mem_mb")

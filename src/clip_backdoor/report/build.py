@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from clip_backdoor.report import artefacts, figures, notes, tables
+from clip_backdoor.report.selection import RULE
 from clip_backdoor.runtime.io import write_text
 
 PACKAGES = [
@@ -114,47 +115,61 @@ def gate_marks(summary, dataset, attacks, floor):
 
 
 def main_tables(summary, config, attacks, defenses, table_dir):
-    """Per dataset: the ASR (CA) table and the PA table; returns HTML."""
+    """Per dataset: the main table (ASR, CA, PA with 95% intervals, the clean-model floor, the acceptance
+    verdicts), the compact ASR (CA) overview and the distance from the floor; returns HTML."""
     parts = []
     floor = config["attacks"].get("gate_floor", 0.0)
-    numeric = tables.numeric_main(summary, attacks, defenses)
-    numeric.to_csv(table_dir / "main_numeric.csv", index=False)
+    acceptance = config["report"]["acceptance"]
+    tables.numeric_main(summary, attacks, defenses).to_csv(table_dir / "main_numeric.csv", index=False)
     for i, dataset in enumerate(d["name"] for d in config["evaluation"]["datasets"]):
         clean = summary[(summary["dataset"] == dataset) & (summary["attack"] == "clean")]
         clean_text = tables.mean_std(clean["ca"]) if not clean.empty else tables.NOT_RUN
         weak = gate_marks(summary, dataset, attacks, floor)
-        rename = {tables.attack_label(a): tables.attack_label(a) + " †" for a in weak}
-        caption = (
-            f"{dataset}: ASR % (CA %) per defense and attack, mean ± std over n seeds; lowest ASR per column "
-            "in bold; n/a: the defense cannot take the attack's evaluation (text key); Avg: mean over "
-            "attacks, * over the attacks it applies to. "
-            f"Clean model CA: {clean_text}%."
-        )
-        if weak:
-            caption += (
-                f" †: no-defense ASR below the gate floor ({100 * floor:.0f}%), the attack did not take."
-            )
+        main = tables.main_table(summary, dataset, attacks, defenses, acceptance)
+        marked = {tables.attack_label(w) for w in weak}
+        main["Attack"] = [a + (" †" if a in marked else "") for a in main["Attack"]]
+        caption = main_caption(dataset, clean_text, acceptance, defenses, weak, floor)
+        tables.write_table(main, table_dir, f"main_{dataset}", caption)
         cells, bold = tables.grid_table(summary, dataset, attacks, defenses)
-        cells, bold = cells.rename(columns=rename), bold.rename(columns=rename)
-        tables.write_table(cells, table_dir, f"main_{dataset}", caption, bold)
-        pa, pa_bold = tables.grid_table(
-            summary, dataset, attacks, defenses, "pa", None, lower_is_better=False
+        overview_caption = (
+            f"{dataset}: ASR % (CA %) per defense and attack, mean ± std over n runs; lowest ASR per "
+            "column in bold; n/a: the defense cannot take the attack's evaluation (text key); Avg: mean "
+            "over attacks, * over the attacks it applies to."
         )
-        pa_caption = (
-            f"{dataset}: PA % (accuracy on triggered images against their true labels); highest in bold."
+        tables.write_table(cells, table_dir, f"overview_{dataset}", overview_caption, bold)
+        distance = tables.floor_distance(summary, dataset, attacks, defenses)
+        distance_caption = (
+            f"{dataset}: each defense's mean ASR minus the never-poisoned clean model's mean ASR under "
+            "the same trigger, in points (0: as low as a defense can be expected to go)."
         )
-        tables.write_table(
-            pa.rename(columns=rename), table_dir, f"pa_{dataset}", pa_caption, pa_bold.rename(columns=rename)
-        )
+        tables.write_table(distance, table_dir, f"floor_distance_{dataset}", distance_caption)
         table_id = "main-table" if i == 0 else f"main-table-{dataset}"
         files = f"<code>tables/main_{dataset}.tex</code> (+ <code>_standalone.tex</code>, <code>.md</code>"
         parts.append(
             f"<h3>{html.escape(dataset)}</h3><p>{html.escape(caption)}</p>"
-            f"{tables.to_html(cells, bold, table_id)}"
-            f"<p>{html.escape(pa_caption)}</p>{tables.to_html(pa, pa_bold)}"
+            f"{tables.to_html(main, None, table_id)}"
             f"<p>Files: {files}, <code>.csv</code>), <code>tables/main_numeric.csv</code>.</p>"
+            f"<p>{html.escape(overview_caption)}</p>{tables.to_html(cells, bold)}"
+            f"<p>{html.escape(distance_caption)}</p>{tables.to_html(distance)}"
         )
     return "\n".join(parts)
+
+
+def main_caption(dataset, clean_text, acceptance, defenses, weak, floor):
+    limits = ", ".join(
+        f"{tables.defense_label(d)} ≤ {100 * v:g}%" for d, v in acceptance["asr_max"].items() if d in defenses
+    )
+    caption = (
+        f"{dataset}, test split: ASR, CA and PA (%) per attack and defense, mean ± std over n runs "
+        "(poisoning seeds × defense seeds) with the 95% t-interval over runs. 'Clean model (never "
+        "poisoned)': the clean CLIP under the attack's trigger, the floor a defense can be expected to "
+        f"reach. Acceptance, by the interval and not the mean: ASR {limits}, and CA at most "
+        f"{100 * acceptance['ca_drop_max']:g} points below the clean model's (meets; misses; undecided "
+        f"when the interval straddles a limit). Clean model CA: {clean_text}%."
+    )
+    if weak:
+        caption += f" †: no-defense ASR below the gate floor ({100 * floor:.0f}%), the attack did not take."
+    return caption
 
 
 def cost_frame(summary, defenses):
@@ -255,6 +270,14 @@ def run(
 
     sections = [
         ("Main results", main_html),
+        (
+            "Model selection",
+            f"<p>{html.escape(RULE)}</p><p>The validation split is <code>downstream_val</code> (the embedded "
+            "world) or a fixed per-class slice of the downstream train split that no shot is drawn from (the "
+            "papers' datasets); evaluation scores both, the tables show test, <code>main_numeric.csv</code> "
+            "and <code>raw_metrics.csv</code> also give val. Tuning sweeps score val only and write to "
+            "<code>results/&lt;run&gt;/sweeps/</code>.</p>",
+        ),
         ("Figures", "\n".join(figure_html(fig_dir, p, caption_text) for p in pngs if p)),
         (
             "Defense cost",

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from clip_backdoor.report.stats import estimate  # noqa: E402
 from clip_backdoor.report.tables import attack_label, defense_label  # noqa: E402
 from clip_backdoor.runtime.io import atomic_path  # noqa: E402
 
@@ -145,18 +146,24 @@ def attack_bars(summary, attacks, out_dir):
 
 
 def cell_stats(frame, attacks, defenses, metric):
-    """mean and std (in %) per defense × attack; NaN where not run or not applicable."""
-    stats = frame.groupby(["defense", "attack"])[metric].agg(["mean", "std"]) * 100
+    """mean and the 95% t-interval's half width (in %; 0 below two runs) per defense × attack; NaN where not
+    run or not applicable."""
     index = pd.MultiIndex.from_product([defenses, attacks], names=["defense", "attack"])
-    return stats.reindex(index)
+    lines = []
+    for defense, attack in index:
+        est = estimate(frame[(frame["defense"] == defense) & (frame["attack"] == attack)][metric])
+        half = 0.0 if est is None or est.high is None else est.high - est.mean
+        lines.append({"mean": None if est is None else 100 * est.mean, "ci": 100 * half})
+    return pd.DataFrame(lines, index=index, dtype=float)
 
 
 def defense_bars(summary, dataset, attacks, defenses, out_dir):
-    """ASR (top) and CA (bottom) per attack, one bar per defense (colour and hatch), error bars = std."""
+    """ASR (top) and CA (bottom) per attack, one bar per defense (colour and hatch) and one for the
+    never-poisoned clean model under the trigger, error bars = 95% t-interval over runs."""
     frame = summary[summary["dataset"] == dataset].copy()
     for metric in ("ca", "asr"):
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
-    rows = ["none", *defenses]
+    rows = ["none", "never_poisoned", *defenses]
     if frame[frame["attack"].isin(attacks)].empty:
         return None
     width = 0.8 / len(rows)
@@ -170,7 +177,7 @@ def defense_bars(summary, dataset, attacks, defenses, out_dir):
                 xs,
                 values["mean"].fillna(0),
                 width,
-                yerr=values["std"].fillna(0),
+                yerr=values["ci"].fillna(0),
                 color=colour(i),
                 hatch=HATCHES[i % len(HATCHES)],
                 edgecolor="white",

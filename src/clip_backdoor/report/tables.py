@@ -7,14 +7,17 @@ import re
 
 import pandas as pd
 
+from clip_backdoor.report.stats import estimate, interval_text, mean_std_text
 from clip_backdoor.runtime.io import write_text
 
 DEFENSE_NAMES = {
     "none": "No defense",
+    "never_poisoned": "Clean model (never poisoned)",
     "rvpt": "RVPT",
     "vpt": "VPT",
     "cbpt": "CBPT",
     "oracle": "Oracle (EftCLIP)",
+    "oracle_ext": "Oracle (+ extensions)",
     "cleanclip": "CleanCLIP",
     "finetune": "Fine-tuning",
     "linear_probe": "Linear probe",
@@ -48,6 +51,11 @@ def mean_std(values, scale=100.0):
     if len(values) == 1:
         return f"{values.iloc[0]:.1f}"
     return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def run_count(frame):
+    """Runs behind a cell: every (poisoning seed, defense seed) pair."""
+    return len(frame)
 
 
 def seed_count(counts):
@@ -99,9 +107,7 @@ def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca
     table["Avg"] = [average_cell(per_defense.loc[d], missing[d]) for d in rows]
     table.insert(0, "Defense", [defense_label(d) for d in rows])
     table["n"] = [
-        seed_count(
-            frame[frame["defense"] == d].groupby("attack")["seed"].nunique().reindex(attacks).fillna(0)
-        )
+        seed_count(frame[frame["defense"] == d].groupby("attack").size().reindex(attacks).fillna(0))
         for d in rows
     ]
     mask = pd.DataFrame(bold)
@@ -111,13 +117,83 @@ def grid_table(summary, dataset, attacks, defenses, primary="asr", secondary="ca
 
 
 def numeric_main(summary, attacks, defenses):
-    """The main table in machine-readable form: mean, std and n of CA, ASR and PA per cell."""
-    frame = summary[summary["attack"].isin(attacks) & summary["defense"].isin(["none", *defenses])]
-    stats = frame.groupby(["dataset", "defense", "attack"], sort=False)[["ca", "asr", "pa"]].agg(
-        ["mean", "std", "count"]
+    """The main table in machine-readable form: mean, std, n and the 95% t-interval of CA, ASR and PA per
+    cell, for the reported split and (as val_*) the validation split."""
+    rows = ["none", "never_poisoned", *defenses]
+    frame = summary[summary["attack"].isin(attacks) & summary["defense"].isin(rows)]
+    metrics = [m for m in ("ca", "asr", "pa", "val_ca", "val_asr", "val_pa") if m in frame]
+    lines = []
+    for (dataset, defense, attack), g in frame.groupby(["dataset", "defense", "attack"], sort=False):
+        line = {"dataset": dataset, "defense": defense, "attack": attack}
+        for metric in metrics:
+            est = estimate(g[metric])
+            fields = (est.mean, est.std, est.n, est.low, est.high) if est else (None, None, 0, None, None)
+            keys = (f"{metric}_{k}" for k in ("mean", "std", "count", "ci_low", "ci_high"))
+            line.update(zip(keys, fields, strict=True))
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+MAIN_COLUMNS = ["Attack", "Defense", "ASR (%)", "ASR 95% CI", "CA (%)", "CA 95% CI", "PA (%)", "PA 95% CI",
+                "n", "Acceptance"]  # fmt: skip
+
+
+def acceptance_verdict(asr, ca, clean_ca, asr_max, ca_drop_max):
+    """'meets' / 'misses' / 'undecided' by the 95% intervals of ASR and CA; '' where no figure applies."""
+    if asr_max is None or asr is None or ca is None or clean_ca is None:
+        return ""
+    if asr.low is None:
+        return "n < 2"
+    ca_floor = clean_ca - ca_drop_max
+    if asr.high <= asr_max and ca.low >= ca_floor:
+        return "meets"
+    if asr.low > asr_max or ca.high < ca_floor:
+        return "misses"
+    return "undecided"
+
+
+def main_row(rows, attack, defense, clean_ca, acceptance):
+    if rows.empty:
+        return [attack_label(attack), defense_label(defense), *[NOT_RUN] * 6, 0, ""]
+    est = {m: estimate(rows[m]) for m in ("asr", "ca", "pa")}
+    cells = []
+    for metric in ("asr", "ca", "pa"):
+        applies = est[metric] is not None or metric == "ca"
+        cells += [mean_std_text(est[metric]), interval_text(est[metric])] if applies else [NOT_APPLICABLE] * 2
+    verdict = acceptance_verdict(
+        est["asr"], est["ca"], clean_ca, acceptance["asr_max"].get(defense), acceptance["ca_drop_max"]
     )
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    return stats.reset_index()
+    return [attack_label(attack), defense_label(defense), *cells, run_count(rows), verdict]
+
+
+def main_table(summary, dataset, attacks, defenses, acceptance):
+    """Per attack, the no-defense row, the never-poisoned clean model under the trigger and every defense:
+    ASR, CA and PA as mean ± std with the 95% t-interval over runs, n runs and the acceptance verdict."""
+    frame = summary[summary["dataset"] == dataset]
+    clean_ca = pd.to_numeric(frame[frame["attack"] == "clean"]["ca"], errors="coerce").mean()
+    clean_ca = None if pd.isna(clean_ca) else float(clean_ca)
+    lines = []
+    for attack in attacks:
+        for defense in ["none", "never_poisoned", *defenses]:
+            rows = frame[(frame["attack"] == attack) & (frame["defense"] == defense)]
+            lines.append(main_row(rows, attack, defense, clean_ca, acceptance))
+    return pd.DataFrame(lines, columns=MAIN_COLUMNS)
+
+
+def floor_distance(summary, dataset, attacks, defenses):
+    """Per defense and attack: mean ASR minus the never-poisoned clean model's mean ASR, in points."""
+    frame = summary[summary["dataset"] == dataset]
+    frame = frame.assign(asr=pd.to_numeric(frame["asr"], errors="coerce"))
+    asr = frame.groupby(["defense", "attack"])["asr"].mean()
+    lines = []
+    for defense in ["none", *defenses]:
+        gaps = [100 * (asr.get((defense, a), float("nan")) - asr.get(("never_poisoned", a), float("nan")))
+                for a in attacks]  # fmt: skip
+        gaps = pd.Series(gaps, dtype=float)
+        cells = ["–" if pd.isna(g) else f"{g:+.1f}" for g in gaps]
+        mean = "–" if gaps.isna().all() else f"{gaps.mean():+.1f}"
+        lines.append([defense_label(defense), *cells, mean])
+    return pd.DataFrame(lines, columns=["Defense", *[attack_label(a) for a in attacks], "Avg"])
 
 
 def latex_escape(text):
