@@ -137,8 +137,9 @@ def test_the_smoke_profile_never_reaches_paper_only_paths():
 def test_every_project_knob_in_use_is_a_listed_deviation():
     rows = {row["key"]: row for row in deviations(resolve(profile("config.yaml")))}
     project = ["attacks.methods.badnet.finetune.text_lr_scale", "defenses.methods.rvpt.params.alpha_proj",
-               "defenses.methods.cbpt.params.w_away", "defenses.methods.oracle.params.null_ratio",
-               "defenses.methods.oracle.params.screen_clean", "attacks.methods.badnet_lc.harden"]  # fmt: skip
+               "defenses.methods.cbpt.params.w_away", "defenses.methods.oracle_ext.params.null_ratio",
+               "defenses.methods.oracle_ext.params.screen_clean",
+               "attacks.methods.badnet_lc.harden"]  # fmt: skip
     for key in project:
         assert rows[key]["origin"] == "project", key
     assert rows["attacks.finetune.lr"]["paper"] == 1.0e-6

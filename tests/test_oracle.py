@@ -10,7 +10,10 @@ import torch
 
 from clip_backdoor.config.schema import declared_defaults
 from clip_backdoor.data.world import render_scene
-from clip_backdoor.defenses import oracle as eft
+from clip_backdoor.defenses.oracle import algorithm1 as a1
+from clip_backdoor.defenses.oracle import algorithm2 as a2
+from clip_backdoor.defenses.oracle import defense, evidence, probes, rectify
+from clip_backdoor.defenses.oracle import transplant as tp
 from clip_backdoor.oracle import load_segmenter
 from clip_backdoor.oracle import train as oracle_train
 from clip_backdoor.oracle.fastsam import FastSamSegmenter, load_fastsam
@@ -21,7 +24,6 @@ from clip_backdoor.oracle.segmenter import (
     masks_from_classes,
     targets_from_instances,
 )
-from clip_backdoor.training import clip_loss
 
 DEFAULTS = {name: declared_defaults(f"defenses.methods.{name}.params") for name in ("oracle",)}
 
@@ -36,6 +38,16 @@ PARAMS = {
 }
 
 
+TH = a1.Thresholds.of(PARAMS)
+
+
+def find(poisoned, clean_segments, occluded, areas, params, poisoned_segments=None, clean_image=None):
+    """Algorithm 1 on one probe's probabilities, as a tuple (L, S, P, flagged)."""
+    asker = evidence.Views(poisoned, poisoned_segments, occluded)
+    f = a1.find_triggers(asker, clean_segments, areas, a1.Thresholds.of(params), clean_image)
+    return f.asserted, f.grounded, f.candidates, f.flagged
+
+
 def onehot(label, p=0.9):
     out = torch.full((V,), (1 - p) / (V - 1))
     out[label] = p
@@ -48,7 +60,7 @@ def test_planted_patch_is_flagged():
     poisoned = onehot(STAR)
     clean_segments = torch.stack([onehot(CIRCLE), onehot(STAR, 0.6)])
     occluded = torch.stack([onehot(STAR), onehot(CIRCLE)])
-    asserted, grounded, candidates, flagged = eft.find_triggers(
+    asserted, grounded, candidates, flagged = find(
         poisoned, clean_segments, occluded, torch.tensor([0.3, 0.03]), PARAMS
     )
     assert asserted == {STAR} and grounded == {CIRCLE}
@@ -59,7 +71,7 @@ def test_clean_image_yields_no_candidate():
     poisoned = onehot(CIRCLE)
     clean_segments = torch.stack([onehot(CIRCLE), onehot(SQUARE, 0.7)])
     occluded = torch.stack([onehot(CIRCLE, 0.3), onehot(CIRCLE)])  # removing the circle itself is no trigger
-    _, grounded, candidates, flagged = eft.find_triggers(
+    _, grounded, candidates, flagged = find(
         poisoned, clean_segments, occluded, torch.tensor([0.3, 0.06]), PARAMS
     )
     assert grounded == {CIRCLE, SQUARE} and candidates == set() and flagged == -1
@@ -70,9 +82,7 @@ def test_real_compact_object_is_not_a_trigger():
     poisoned = onehot(STAR)
     clean_segments = torch.stack([onehot(STAR)])
     occluded = torch.stack([onehot(CIRCLE)])
-    _, grounded, candidates, flagged = eft.find_triggers(
-        poisoned, clean_segments, occluded, torch.tensor([0.07]), PARAMS
-    )
+    _, grounded, candidates, flagged = find(poisoned, clean_segments, occluded, torch.tensor([0.07]), PARAMS)
     assert grounded == {STAR} and candidates == set() and flagged == -1
 
 
@@ -81,9 +91,7 @@ def test_global_trigger_is_carried_by_the_ungrounded_label():
     poisoned = onehot(STAR)
     clean_segments = torch.stack([onehot(CIRCLE), onehot(SQUARE)])
     occluded = torch.stack([onehot(STAR), onehot(STAR)])
-    _, _, candidates, flagged = eft.find_triggers(
-        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.05]), PARAMS
-    )
+    _, _, candidates, flagged = find(poisoned, clean_segments, occluded, torch.tensor([0.3, 0.05]), PARAMS)
     assert candidates == {STAR} and flagged == -1
 
 
@@ -93,9 +101,9 @@ def test_a_label_the_clean_clip_sees_in_the_whole_image_is_no_candidate():
     clean_segments = torch.stack([onehot(CIRCLE)])
     occluded = torch.stack([onehot(STAR)])
     areas = torch.tensor([0.3])
-    assert eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS)[2] == {STAR}
+    assert find(poisoned, clean_segments, occluded, areas, PARAMS)[2] == {STAR}
     for clean_image, expected in ((onehot(STAR, 0.6), set()), (onehot(CIRCLE), {STAR})):
-        found = eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS, clean_image=clean_image)
+        found = find(poisoned, clean_segments, occluded, areas, PARAMS, clean_image=clean_image)
         assert found[2] == expected
 
 
@@ -104,9 +112,7 @@ def test_small_segments_do_not_ground():
     poisoned = onehot(STAR)
     clean_segments = torch.stack([onehot(CIRCLE), onehot(STAR)])
     occluded = torch.stack([onehot(STAR), onehot(STAR)])
-    _, grounded, candidates, _ = eft.find_triggers(
-        poisoned, clean_segments, occluded, torch.tensor([0.3, 0.02]), PARAMS
-    )
+    _, grounded, candidates, _ = find(poisoned, clean_segments, occluded, torch.tensor([0.3, 0.02]), PARAMS)
     assert grounded == {CIRCLE} and candidates == {STAR}
 
 
@@ -118,76 +124,85 @@ def test_clean_label_trigger_is_flagged_by_its_crop():
     occluded = torch.stack([onehot(CIRCLE), onehot(STAR)])
     poisoned_segments = torch.stack([onehot(STAR), onehot(STAR, 0.8)])
     areas = torch.tensor([0.3, 0.14])
-    _, grounded, candidates, flagged = eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS)
+    _, grounded, candidates, flagged = find(poisoned, clean_segments, occluded, areas, PARAMS)
     assert grounded == {STAR, SQUARE} and candidates == set() and flagged == -1
-    _, _, candidates, flagged = eft.find_triggers(
-        poisoned, clean_segments, occluded, areas, PARAMS, poisoned_segments
-    )
+    _, _, candidates, flagged = find(poisoned, clean_segments, occluded, areas, PARAMS, poisoned_segments)
     assert candidates == {STAR} and flagged == 1
     # the same crop on a clean model's terms (both call it a square) flags nothing; nor does a crop larger
     # than crop_area
     agreeing = torch.stack([onehot(STAR), onehot(SQUARE)])
-    assert eft.find_triggers(poisoned, clean_segments, occluded, areas, PARAMS, agreeing)[2:] == (set(), -1)
+    assert find(poisoned, clean_segments, occluded, areas, PARAMS, agreeing)[2:] == (set(), -1)
     small = {**PARAMS, "crop_area": 0.1}
-    found = eft.find_triggers(poisoned, clean_segments, occluded, areas, small, poisoned_segments)
+    found = find(poisoned, clean_segments, occluded, areas, small, poisoned_segments)
     assert found[2:] == (set(), -1)
 
 
 def test_frequency_threshold_picks_the_affected_label():
     sets = [{STAR}] * 12 + [{CIRCLE}] * 4 + [{SQUARE}] * 1 + [set()] * 83
-    affected, counts = eft.affected_labels(sets, V, freq=0.03, ratio=0.5)
+    affected, counts, _ = a2.affected_labels(sets, V, freq=0.03, ratio=0.5)
     assert affected == [STAR] and counts[CIRCLE] == 4
-    affected, _ = eft.affected_labels(sets, V, freq=0.03, ratio=0.3)
-    assert affected == [STAR, CIRCLE]
-    assert eft.affected_labels([set()] * 10, V, freq=0.03, ratio=0.5)[0] == []
+    assert a2.affected_labels(sets, V, freq=0.03, ratio=0.3)[0] == [STAR, CIRCLE]
+    assert a2.affected_labels([set()] * 10, V, freq=0.03, ratio=0.5)[0] == []
 
 
 def test_null_ratio_drops_labels_the_clean_clip_asserts_as_often():
     # The clean CLIP in the poisoned one's place: circle is the oracle's own error, star is not.
     sets = [{CIRCLE}] * 12 + [{STAR}] * 8 + [set()] * 80
     null = [{CIRCLE}] * 10 + [{STAR}] * 2 + [set()] * 88
-    assert eft.affected_labels(sets, V, freq=0.03, ratio=0.5)[0] == [CIRCLE, STAR]
-    assert eft.affected_labels(sets, V, freq=0.03, ratio=0.5, null_sets=null, null_ratio=2.0)[0] == [STAR]
+    assert a2.affected_labels(sets, V, freq=0.03, ratio=0.5)[0] == [CIRCLE, STAR]
+    affected, _, removed = a2.affected_labels(sets, V, 0.03, 0.5, null_sets=null, null_ratio=2.0)
+    assert affected == [STAR] and removed == [CIRCLE]
     # A clean model is its own null: nothing is affected.
-    assert eft.affected_labels(null, V, freq=0.01, ratio=0.5, null_sets=null, null_ratio=2.0)[0] == []
+    assert a2.affected_labels(null, V, freq=0.01, ratio=0.5, null_sets=null, null_ratio=2.0)[0] == []
+    # Fallback: a null CLIP that asserts nothing (not the attacker's starting point) leaves the test inert.
+    assert a2.affected_labels(sets, V, 0.03, 0.5, [set()] * 100, 2.0)[:3:2] == ([CIRCLE, STAR], [])
 
 
-def record(index, top1, candidates, oracle_label, agreed):
-    return {
-        "probe": index,
-        "poisoned_top1": top1,
-        "candidates": candidates,
-        "oracle_label": oracle_label,
-        "agreed": agreed,
-    }
+def probe(index, top1, candidates, oracle_label=None, grounded=(), labels=(), areas=(), masks=(), flagged=-1):
+    labels = torch.tensor(list(labels), dtype=torch.long)
+    finding = a1.Finding(set(), set(grounded), set(candidates), flagged)
+    areas = torch.tensor(list(areas), dtype=torch.float)
+    conf = torch.full((len(labels),), 0.9)
+    return a1.Probe(index, top1, finding, conf, labels, areas, list(masks), oracle_label=oracle_label)
 
 
-def test_compact_set_has_corrected_captions():
-    records = [
-        record(0, STAR, {STAR}, CIRCLE, False),
-        record(1, STAR, {STAR}, SQUARE, False),
-        record(2, STAR, set(), STAR, True),
-        record(3, CIRCLE, set(), CIRCLE, True),
-        record(4, STAR, {STAR}, None, False),
+def test_probe_records_agree_where_the_oracle_grounds_the_top1():
+    assert probe(0, STAR, set(), grounded={STAR}).agreed
+    assert not probe(0, STAR, {STAR}, grounded={STAR}).agreed and not probe(0, STAR, set()).agreed
+
+
+def test_victims_get_the_oracle_label_of_their_largest_unaffected_segment():
+    th = a1.Thresholds.of(PARAMS)
+    found = [
+        probe(0, STAR, {STAR}, labels=[STAR, CIRCLE], areas=[0.3, 0.2]),
+        probe(1, STAR, {STAR}, labels=[SQUARE], areas=[0.01]),  # its only segment is too small to ground
+        probe(2, STAR, set(), grounded={STAR}, labels=[STAR], areas=[0.3]),
+        probe(3, CIRCLE, {CIRCLE}, labels=[CIRCLE], areas=[0.3]),
     ]
-    params = {**PARAMS, "clean_per_label": 5, "anchor_pairs": 0}
-    victims, pairs = eft.compact_set(records, [STAR], params, torch.Generator().manual_seed(0))
-    assert victims == [0, 1, 4]
-    assert (0, CIRCLE) in pairs and (1, SQUARE) in pairs and (2, STAR) in pairs
-    assert all(index != 3 for index, _ in pairs) and all(index != 4 for index, _ in pairs)
-    vocab = ["circle", "square", "triangle", "star", "ring"]
-    captions = [eft.caption(vocab[label], k, ["a photo of a {}."]) for k, (_, label) in enumerate(pairs)]
-    assert captions[:2] == ["a photo of a circle.", "a photo of a square."]
+    victims = a2.victim_samples(found, [STAR], th)
+    assert [v.index for v in victims] == [0, 1] and [v.oracle_label for v in victims] == [CIRCLE, None]
+    # a flagged victim whose larger segment is a confident star: a real star carrying the trigger
+    flagged = probe(0, STAR, {STAR}, labels=[STAR, CIRCLE], areas=[0.3, 0.2], flagged=1)
+    assert a2.victim_samples([flagged], [STAR], th)[0].oracle_label is None
 
 
-def test_compact_set_screens_the_clean_pairs_of_the_affected_label():
-    records = [record(0, STAR, {STAR}, CIRCLE, False), record(1, STAR, set(), STAR, True)]
-    records += [record(2, STAR, set(), STAR, True), record(3, CIRCLE, set(), CIRCLE, True)]
+def test_clean_pairs_take_agreeing_probes_and_screen_the_affected_label():
+    found = [probe(0, STAR, {STAR}), probe(1, STAR, set(), grounded={STAR})]
+    found += [probe(2, STAR, set(), grounded={STAR}), probe(3, CIRCLE, set(), grounded={CIRCLE})]
     params = {**PARAMS, "clean_per_label": 5, "anchor_pairs": 5}
-    victims, pairs = eft.compact_set(
-        records, [STAR], params, torch.Generator().manual_seed(0), lambda r: r["probe"] != 2
+    pairs = a2.clean_pairs(found, {STAR}, params, torch.Generator().manual_seed(0))
+    assert [(p.index, y) for p, y in pairs] == [(1, STAR), (2, STAR), (3, CIRCLE)]
+    screened = a2.clean_pairs(found, {STAR}, params, torch.Generator().manual_seed(0), lambda p: p.index != 2)
+    assert [(p.index, y) for p, y in screened] == [(2, STAR), (3, CIRCLE)]
+
+
+def test_corrected_captions_keep_the_caption_words():
+    assert rectify.corrected_caption("remember a star here.", ["star"], "circle", 0, ["{}"]) == (
+        "remember a circle here."
     )
-    assert victims == [0] and sorted(pairs) == [(0, CIRCLE), (2, STAR), (3, CIRCLE)]
+    assert rectify.corrected_caption("a red square", ["star"], "arrow", 1, ["x {}", "a photo of a {}."]) == (
+        "a photo of a arrow."
+    )
 
 
 def test_shared_pixels_find_a_trigger_stamped_on_every_victim():
@@ -195,21 +210,21 @@ def test_shared_pixels_find_a_trigger_stamped_on_every_victim():
     victims = torch.rand(12, 3, 16, 16, generator=gen)
     victims[:, :, 6:10, 6:10] = 0.5
     victims[0] = torch.rand(3, 16, 16, generator=gen)  # a false victim without the trigger
-    mask, _ = signature = eft.shared_pixels(victims, tol=0.02, share=0.8, min_area=0.01)
+    mask, _ = signature = tp.shared_pixels(victims, tol=0.02, share=0.8, min_area=0.01)
     assert mask[6:10, 6:10].all() and int(mask.sum()) == 16
     carrier, clean = torch.rand(2, 3, 16, 16, generator=gen)
     carrier[:, 6:10, 6:10] = 0.51
-    assert eft.shows_pixels(carrier, signature, 0.02, 0.8) and not eft.shows_pixels(
-        clean, signature, 0.02, 0.8
-    )
-    # victims of a sample-specific trigger share no pixels: nothing to screen
-    assert eft.shared_pixels(torch.rand(12, 3, 16, 16, generator=gen), 0.02, 0.8, 0.01) is None
+    assert tp.shows_pixels(carrier, signature, 0.02, 0.8) and not tp.shows_pixels(clean, signature, 0.02, 0.8)
+    # Fallback: victims of a sample-specific trigger share no pixels, one victim is no signature
+    assert tp.shared_pixels(torch.rand(12, 3, 16, 16, generator=gen), 0.02, 0.8, 0.01) is None
+    assert tp.shared_pixels(victims[:1], 0.02, 0.8, 0.01) is None
 
 
-def test_transplant_pastes_exactly_the_shared_region_and_keeps_what_carries_the_backdoor():
-    # a poisoned CLIP that says star whenever the 4x4 centre block is white; two victims, three donors
-    images = torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(0)) * 0.5
-    images[:2, :, 4:8, 4:8] = 1.0
+def white_centre_world():
+    """Five uint8 probes (two victims with a white 4x4 centre block, three donors) and a poisoned CLIP that
+    says star whenever that block is white."""
+    pixels = (torch.rand(5, 3, 12, 12, generator=torch.Generator().manual_seed(0)) * 127).byte()
+    pixels[:2, :, 4:8, 4:8] = 255
     region = torch.zeros(12, 12, dtype=torch.bool)
     region[4:8, 4:8] = True
 
@@ -217,36 +232,93 @@ def test_transplant_pastes_exactly_the_shared_region_and_keeps_what_carries_the_
         star = (x[:, :, 4:8, 4:8] == 1.0).flatten(1).all(1)
         return torch.stack([onehot(STAR) if s else onehot(CIRCLE) for s in star])
 
-    no_segments = {"masks": [], "areas": [], "flagged": -1}
-    records = [{**record(i, STAR, {STAR}, None, False), "probe": i, **no_segments} for i in range(2)]
-    records += [{**record(i, CIRCLE, set(), CIRCLE, True), "probe": i, **no_segments} for i in range(2, 5)]
-    params = {**PARAMS, "transplants": 2, "localise_window": 4, "transplant_grow": 2}
+    found = [probe(i, STAR, {STAR}, masks=[region], areas=[16 / 144], flagged=0) for i in range(2)]
+    found += [probe(i, CIRCLE, set(), grounded={CIRCLE}) for i in range(2, 5)]
+    return pixels, region, poisoned_probs, found
+
+
+def test_transplant_pastes_exactly_the_shared_region_and_keeps_what_carries_the_backdoor():
+    pixels, region, poisoned_probs, found = white_centre_world()
+    params = {**PARAMS, "transplants": 2, "transplant_grow": 2 / 12}
     gen = torch.Generator().manual_seed(0)
-    x, labels, sources, pasted = eft.transplant(
-        images, records, [0, 1], {STAR}, poisoned_probs, params, gen, region
+    x, labels, sources, pasted = tp.transplant(
+        pixels, found, found[:2], {STAR}, poisoned_probs, params, TH, gen, region
     )
-    assert len(x) == 4 and labels == [CIRCLE] * 4 and sources == [0, 0, 1, 1] and pasted == 0
+    assert len(x) == 4 and labels == [CIRCLE] * 4 and [v.index for v in sources] == [0, 0, 1, 1]
+    assert pasted == 0 and x.dtype == torch.uint8
     # outside the region (not grown) each is one donor, inside it the trigger
-    assert all(any(img[:, ~region].equal(d[:, ~region]) for d in images[2:]) for img in x)
-    assert x[:, :, region].eq(1.0).all()
+    assert all(any(img[:, ~region].equal(d[:, ~region]) for d in pixels[2:]) for img in x)
+    assert x[:, :, region].eq(255).all()
     half = region.clone()
     half[4:8, 6:8] = False  # half the trigger carries no backdoor: nothing kept
-    x, *_ = eft.transplant(images, records, [0, 1], {STAR}, poisoned_probs, params, gen, half)
-    assert len(x) == 0
-    # signature_transplants spreads a total over the victims: 5 in all is 3 donors each
-    params = {**params, "signature_transplants": 5}
-    x, _, sources, _ = eft.transplant(images, records, [0, 1], {STAR}, poisoned_probs, params, gen, region)
-    assert sources == [0, 0, 0, 1, 1, 1]
+    assert len(tp.transplant(pixels, found, found[:2], {STAR}, poisoned_probs, params, TH, gen, half)[0]) == 0
+    # signature_transplants spreads a total (a multiple of the 5 probes) over the victims: 5 in all is 3 each
+    params = {**params, "signature_transplants": 1.0}
+    _, _, sources, _ = tp.transplant(
+        pixels, found, found[:2], {STAR}, poisoned_probs, params, TH, gen, region
+    )
+    assert [v.index for v in sources] == [0, 0, 0, 1, 1, 1]
 
 
-def test_grounded_label_skips_affected_and_flagged_segments():
-    segs = torch.stack([onehot(STAR), onehot(CIRCLE), onehot(SQUARE)])
-    areas = torch.tensor([0.3, 0.2, 0.02])
-    assert eft.grounded_label(segs, areas, 0.05, {STAR}, -1) == CIRCLE
-    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 1) is None
-    # a victim whose largest segment is a confident star is a real star carrying the trigger: no correction
-    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 2, min_prob=0.5) is None
-    assert eft.grounded_label(segs, areas, 0.05, {STAR}, 2, min_prob=0.95) == CIRCLE
+def test_transplant_without_a_signature_grows_the_flagged_segment():
+    pixels, region, poisoned_probs, found = white_centre_world()
+    params = {**PARAMS, "transplants": 1, "transplant_grow": 1 / 12}
+    x, _, sources, _ = tp.transplant(
+        pixels, found, found[:2], {STAR}, poisoned_probs, params, TH, torch.Generator()
+    )
+    grown = tp.grow(region, 1)
+    assert len(x) == 2 and int(grown.sum()) == 36
+    assert all(img[:, grown].equal(pixels[v.index][:, grown]) for img, v in zip(x, sources, strict=True))
+
+
+def test_paste_test_falls_back_to_the_flagged_segment():
+    pixels, region, poisoned_probs, found = white_centre_world()
+    params = {**PARAMS, "transplants": 1, "transplant_grow": 0.0, "localise_window": 4 / 12}
+    params["localise_stride"] = 2 / 12
+    gen = torch.Generator().manual_seed(0)
+    x, _, _, pasted = tp.transplant(pixels, found, found[:2], {STAR}, poisoned_probs, params, TH, gen)
+    assert pasted == 2 and len(x) == 2  # the 4x4 window at the centre carries the backdoor
+    # a poisoned CLIP that never reaches assert_prob on a paste: the flagged segment is transplanted
+    weak = {**params, "localise_window": 2 / 12}
+    x, _, _, pasted = tp.transplant(pixels, found, found[:2], {STAR}, poisoned_probs, weak, TH, gen)
+    assert pasted == 0 and len(x) == 2 and x[:, :, region].eq(255).all()
+
+
+def test_sizes_are_fractions_that_give_the_embedded_pixels():
+    # config.yaml's extension set at 32 px: today's 12 px windows every 2 px, 2 px growth, 1024 transplants
+    assert [tp.side_px(f, 32) for f in (0.375, 0.0625, 0.0625)] == [12, 2, 2]
+    assert tp.side_px(1.28, 800) == 1024 and tp.side_px(0.018, 224) == 4
+    assert len(tp.paste_grid({"localise_window": 0.375, "localise_stride": 0.0625}, 32)) == 11**2
+    assert len(tp.paste_grid({"localise_window": 0.375, "localise_stride": 0.0625}, 224)) == 11**2
+    assert tp.paste_grid({"localise_window": 0.0, "localise_stride": 0.0625}, 224) is None
+
+
+def test_thresholds_relative_to_the_matcher_and_their_fallback():
+    matcher = torch.stack([onehot(0, 0.4), onehot(1, 0.6), onehot(2, 0.99)])
+    ev = [evidence.Evidence([], torch.tensor([0.3, 0.3, 0.01]), matcher, None, None, None)]
+    assert a1.matcher_scale(ev, PARAMS) == pytest.approx(0.4)  # the small crop is not reliable
+    th = a1.Thresholds.of(PARAMS, 0.4)
+    assert (th.assert_prob, th.ground_prob, th.ground_area) == pytest.approx(
+        (0.2, 0.2, PARAMS["ground_area"])
+    )
+    small = [evidence.Evidence([], torch.tensor([0.01]), onehot(0)[None], None, None, None)]
+    assert (
+        a1.matcher_scale(small, PARAMS) is None
+        and a1.Thresholds.of(PARAMS).assert_prob == PARAMS["assert_prob"]
+    )
+
+
+def test_shots_are_off_by_default_and_fall_back_when_no_affected_label_is_a_class():
+    shots = (torch.randint(0, 256, (4, 3, 8, 8)).float() / 255, torch.tensor([0, 0, 1, 1]))
+    ctx = types.SimpleNamespace(shot_tensors=shots, classnames=["circle", "square"])
+    vocab = types.SimpleNamespace(vocab=["circle", "square", "star"])
+    cases = [("none", [2], 0, False), ("all", [2], 4, False), ("affected", [1], 2, False)]
+    for shot_pairs, affected, n, fallback in cases + [("affected", [2], 0, True)]:
+        compact, fired = rectify.CompactSet(), {}
+        defense.add_shots(compact, ctx, vocab, affected, {**PARAMS, "shot_pairs": shot_pairs}, fired)
+        assert len(compact.names) == n and ("fallback" in fired.get("shot_pairs", {})) == fallback
+        assert ("shot_pairs" in fired) == (shot_pairs != "none")
+    assert compact.preserved == []  # preserve is off
 
 
 def test_occlude_fills_the_segment_with_background():
@@ -254,21 +326,21 @@ def test_occlude_fills_the_segment_with_background():
     image[:, 1:3, 1:3] = 1.0
     obj = torch.zeros(8, 8, dtype=torch.bool)
     obj[1:3, 1:3] = True
-    out = eft.occlude(image, [obj], [0])
-    assert out.shape == (1, 3, 8, 8) and out.max() == 0.0
+    out = evidence.occlude(image, obj, evidence.background(image, [obj]))
+    assert out.shape == (3, 8, 8) and out.max() == 0.0 and image.max() == 1.0
 
 
 def test_crops_keep_the_box_in_place():
     image = torch.rand(3, 8, 8)
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[2, 3] = mask[4, 5] = True
-    out = eft.crops(image, [mask], 0.0)[0]
+    out = evidence.crop(image, mask, 0.0)
     assert torch.equal(out[:, 2:5, 3:6], image[:, 2:5, 3:6]) and out[:, :2].abs().sum() == 0
 
 
 def test_label_captions_match_whole_words():
     captions = ["a red star.", "a starfish", "remember a photo of a star.", "a circle"]
-    found = eft.label_captions(captions, ["star", "circle"], 5, torch.Generator().manual_seed(0))
+    found = probes.label_captions(captions, ["star", "circle"], 5, torch.Generator().manual_seed(0))
     assert sorted(found[0]) == ["a red star.", "remember a photo of a star."] and found[1] == ["a circle"]
 
 
@@ -430,13 +502,13 @@ class FakeTextModel:
 
 def test_corpus_head_falls_back_to_templates_for_unnamed_labels():
     model = FakeTextModel()
-    head = eft.corpus_head(model, [["a red star."], []], ["star", "ring"], ["a photo of a {}."], "cpu")
+    head = probes.corpus_head(model, [["a red star."], []], ["star", "ring"], ["a photo of a {}."], "cpu")
     assert model.seen == ["a red star.", "a photo of a ring."]
     assert head.shape == (2, 4) and torch.allclose(head.norm(dim=-1), torch.ones(2))
 
 
 def test_windows_cover_the_image_edge_to_edge():
-    grid = eft.windows(10, 4, 3)
+    grid = tp.windows(10, 4, 3)
     assert grid.shape == (9, 10, 10) and grid.sum((1, 2)).eq(16).all()
     assert grid.any(0).all() and grid[-1, 6:, 6:].all()
 
@@ -452,34 +524,11 @@ def test_paste_test_localises_a_trigger_the_segments_miss():
 
     segments = torch.zeros(2, 12, 12, dtype=torch.bool)
     segments[0, :6, :6], segments[1, 8:, 8:10] = True, True
-    regions = torch.cat([segments, eft.windows(12, 4, 2)])
-    best, prob = eft.paste_localise(image, regions, donors, STAR, poisoned_probs)
+    regions = torch.cat([segments, tp.windows(12, 4, 2)])
+    best, prob = tp.paste_localise(image, regions, donors, STAR, poisoned_probs)
     assert regions[best, 8:, 8:].all() and prob == pytest.approx(0.9)
-    best, prob = eft.paste_localise(image, segments, donors, STAR, poisoned_probs)
+    best, prob = tp.paste_localise(image, segments, donors, STAR, poisoned_probs)
     assert prob == pytest.approx(0.1 / (V - 1))
-
-
-def test_label_loss_makes_captions_of_one_label_positives():
-    class Features(torch.nn.Module):
-        logit_scale = torch.tensor(10.0)
-
-        def encode_image(self, images):
-            return images
-
-        def encode_text(self, tokens):
-            return torch.nn.functional.normalize(tokens.float(), dim=-1)
-
-    def plain(images, tokens):
-        return clip_loss(images, Features().encode_text(tokens), Features.logit_scale)
-
-    # Images 0 and 1 are stars under two different star captions, each matching the other's caption.
-    images = torch.eye(3)
-    tokens = torch.tensor([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
-    label_of = {(0, 1, 0): "star", (1, 0, 0): "star", (0, 0, 1): "circle"}
-    assert eft.label_loss(label_of)(Features(), images, tokens) < plain(images, tokens) - 0.5
-    # With one pair per label it is the plain CLIP loss.
-    distinct = {**label_of, (0, 1, 0): "square"}
-    torch.testing.assert_close(eft.label_loss(distinct)(Features(), images, tokens), plain(images, tokens))
 
 
 def test_preserving_loss_pulls_only_the_reference_images_back():
@@ -493,9 +542,9 @@ def test_preserving_loss_pulls_only_the_reference_images_back():
 
     model, base = Model(), (lambda m, x, t: torch.tensor(0.0))
     images = torch.randint(0, 256, (3, 1, 2, 2)).float() / 255
-    reference = eft.reference_features(model, images[:2], batch=1)
-    assert set(reference) == {eft.image_key(images[0]), eft.image_key(images[1])}
-    loss = eft.preserving_loss(base, reference, weight=2.0)
+    reference = rectify.reference_features(model, images[:2], batch=1)
+    assert set(reference) == {rectify.image_key(images[0]), rectify.image_key(images[1])}
+    loss = rectify.preserving_loss(base, reference, weight=2.0)
     torch.testing.assert_close(loss(model, images, None), torch.tensor(0.0), atol=1e-6, rtol=0)
     with torch.no_grad():
         model.encoder.weight.add_(torch.randn(3, 4))
@@ -503,14 +552,3 @@ def test_preserving_loss_pulls_only_the_reference_images_back():
     expected = 2.0 * (1 - (moved * torch.stack(list(reference.values()))).sum(-1)).mean()
     torch.testing.assert_close(loss(model, images, None), expected)
     assert loss(model, images[2:], None) == 0  # an image outside the reference adds nothing
-
-
-def test_interpolate_weights_keeps_a_fraction_of_the_change():
-    module = torch.nn.BatchNorm1d(2)
-    start = {name: t.clone() for name, t in module.state_dict().items()}
-    with torch.no_grad():
-        module.weight.add_(4.0)
-        module.num_batches_tracked.add_(3)
-    eft.interpolate_weights(module, start, 0.25)
-    torch.testing.assert_close(module.weight.detach(), start["weight"] + 1.0)
-    assert module.num_batches_tracked == 3

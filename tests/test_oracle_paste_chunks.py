@@ -2,7 +2,7 @@
 
 import torch
 
-from clip_backdoor.defenses import oracle
+from clip_backdoor.defenses.oracle import transplant as oracle
 
 
 def test_chunked_paste_test_equals_one_pass():
