@@ -266,23 +266,23 @@ class RandomSegmenter:
 
 
 def oracle(work, _):
-    """Algorithm 1 per probe (run_oracle, null_ratio as configured) and the paste test per region×donor."""
+    """Algorithm 1 per probe (null test as configured) and the paste test per region×donor."""
     import torch
 
-    from clip_backdoor.defenses import oracle as mod
+    from clip_backdoor.defenses.oracle import algorithm1, evidence, transplant
 
-    params = {**profile()["defenses"]["methods"]["oracle"]["params"], "batch": 32}
+    params = {**profile()["defenses"]["methods"]["oracle"]["params"], "batch": 32, "thresholds": "absolute"}
     ctx = defense_context(work, "imagenet", 1)
     ctx.templates = ["a photo of a {}."]
     probes = torch.rand(4, 3, 224, 224)
-    null = params["null_ratio"] > 0
-    run = lambda: mod.run_oracle(
-        ctx, params, ctx.model, RandomSegmenter(), probes, ctx.classnames, None, null
-    )  # noqa: E731
     head = ctx.head("")
-    probs = lambda x: mod.probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
-    regions = mod.windows(224, 112, 112)  # 4 regions × 2 donors = 8 pasted images
-    paste = lambda: mod.paste_localise(probes[0], regions, probes[1:3], 0, probs)  # noqa: E731
+    null = head if params["null_ratio"] > 0 else None
+    askers = evidence.Askers(ctx.model, head, ctx.model, head, null)
+    pixels = (probes * 255).byte()
+    run = lambda: algorithm1.find_candidate_triggers(pixels, RandomSegmenter(), askers, params, ctx.device)  # noqa: E731
+    probs = lambda x: evidence.probabilities(ctx.model, head, x, params["batch"])  # noqa: E731
+    regions = transplant.windows(224, 112, 112)  # 4 regions × 2 donors = 8 pasted images
+    paste = lambda: transplant.paste_localise(probes[0], regions, probes[1:3], 0, probs)  # noqa: E731
     n = len(regions) * 2
     return {"seconds": timed(run) / len(probes), "gflop": flops(run) / len(probes) / 1e9,
             "paste_seconds": timed(paste) / n, "paste_gflop": flops(paste) / n / 1e9}  # fmt: skip
@@ -519,21 +519,23 @@ def plan(m, config):
             elif d == "oracle":
                 probes = p["probes"]
                 victims = max(1, round(probes * att["n_poison"] / size))
-                window = p.get("localise_window", 0)
-                regions = windows_count(224, window, p.get("localise_stride", 2)) if window else 0
+                # the window, its stride and the transplant count are fractions of the image side / the probes
+                window = round(p.get("localise_window", 0) * 224)
+                stride = max(1, round(p.get("localise_stride", 0.0625) * 224))
+                regions = windows_count(224, window, stride) if window else 0
                 donors = p.get("localise_donors", 2)
                 compact = (
                     victims
                     + p["clean_per_label"]
                     + p["anchor_pairs"]
-                    + p.get("signature_transplants", 0)
+                    + round(p.get("signature_transplants", 0) * probes)
                     + shots
                 )
                 rect_steps = p["epochs"] * (compact // p["batch_size"])
                 gflop = (
                     probes * (orc["gflop"] + FASTSAM_GFLOP)
                     + victims * regions * donors * orc["paste_gflop"]
-                    + (p.get("signature_transplants", 0) + compact) * ev["gflop"]
+                    + (round(p.get("signature_transplants", 0) * probes) + compact) * ev["gflop"]
                     + rect_steps * ft_step * p["batch_size"]
                     + n_classes * (n_templates + 64) * head
                 )

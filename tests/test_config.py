@@ -110,7 +110,13 @@ def test_the_paper_profile_resolves_to_the_papers_protocol(workflow):
         "pretrained": "openai",
         "quick_gelu": True,
     }
-    assert [row["key"] for row in deviations(config)] == ["attacks.finetune.lr"]
+    rows = deviations(config)
+    # the one deviation of the papers' path; the "Oracle (+ extensions)" row's knobs are this project's own
+    assert [r["key"] for r in rows if not r["key"].startswith("defenses.methods.oracle_ext.")] == [
+        "attacks.finetune.lr"
+    ]
+    extensions = [r for r in rows if r["key"].startswith("defenses.methods.oracle_ext.")]
+    assert len(extensions) >= 6 and {r["origin"] for r in extensions} == {"project"}
 
 
 def test_a_profile_inherits_nothing_from_config_yaml(workflow, tmp_path):

@@ -216,7 +216,7 @@ def markdown_rows(path):
 
 def test_main_table_gives_all_metrics_intervals_floor_and_verdicts(report):
     rows = {(r["Attack"], r["Defense"]): r for r in markdown_rows(report / "tables" / "main_shapes4.md")}
-    defenses = ["No defense", "Clean model (never poisoned)", "RVPT", "CBPT", "Oracle (EftCLIP)"]
+    defenses = ["No defense", "Clean model (never poisoned)", "RVPT", "CBPT", "Oracle (paper)"]
     defenses.append("Linear probe")
     assert list(rows) == [(a, d) for a in ("BadNet", "SIG", "TrojVQA") for d in defenses]
     rvpt = rows[("BadNet", "RVPT")]
@@ -228,11 +228,11 @@ def test_main_table_gives_all_metrics_intervals_floor_and_verdicts(report):
     assert rvpt["Acceptance"] == "meets"
     assert rows[("SIG", "RVPT")]["Acceptance"] == "undecided"  # 5.0 ± 3.0: [-2.5, 12.5] straddles 5%
     assert rows[("TrojVQA", "CBPT")]["Acceptance"] == "misses"
-    assert rows[("BadNet", "Oracle (EftCLIP)")]["Acceptance"] == "misses"  # 20% against 10%
+    assert rows[("BadNet", "Oracle (paper)")]["Acceptance"] == "misses"  # 20% against 10%
     assert rows[("BadNet", "Linear probe")]["Acceptance"] == ""  # no acceptance figure for it
     assert rows[("BadNet", "Clean model (never poisoned)")]["ASR (%)"] == "10.0 ± 0.0"
     assert rows[("TrojVQA", "Linear probe")]["ASR (%)"] == "n/a"
-    assert rows[("SIG", "Oracle (EftCLIP)")]["ASR (%)"] == "not run"
+    assert rows[("SIG", "Oracle (paper)")]["ASR (%)"] == "not run"
     numeric = pd.read_csv(report / "tables" / "main_numeric.csv")
     cell = numeric[(numeric["defense"] == "rvpt") & (numeric["attack"] == "badnet")].iloc[0]
     assert cell["asr_ci_low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3**0.5)
@@ -247,7 +247,7 @@ def test_floor_distance(report):
 
 def test_overview_cells_bold_and_seeds(report):
     rows = {row["Defense"]: row for row in markdown_rows(report / "tables" / "overview_shapes4.md")}
-    assert list(rows) == ["No defense", "RVPT", "CBPT", "Oracle (EftCLIP)", "Linear probe"]
+    assert list(rows) == ["No defense", "RVPT", "CBPT", "Oracle (paper)", "Linear probe"]
     # mean ± std over the three seeds; CA is 90, 91, 92 → 91.0 ± 1.0
     assert rows["RVPT"]["BadNet"] == "2.0 ± 1.0 (91.0 ± 1.0)"
     assert rows["No defense"]["SIG"] == "98.0 ± 1.0 (91.0 ± 1.0)"
@@ -258,8 +258,8 @@ def test_overview_cells_bold_and_seeds(report):
     bold = [(d, a) for d, row in rows.items() for a, cell in row.items() if cell.startswith("**")]
     assert sorted(bold) == [("CBPT", "SIG"), ("Linear probe", "BadNet"), ("RVPT", "TrojVQA")]
     assert rows["Linear probe"]["TrojVQA"] == "n/a"
-    assert rows["Oracle (EftCLIP)"]["SIG"] == "not run"
-    assert rows["RVPT"]["n"] == "3" and rows["Oracle (EftCLIP)"]["Avg"] == "not run"
+    assert rows["Oracle (paper)"]["SIG"] == "not run"
+    assert rows["RVPT"]["n"] == "3" and rows["Oracle (paper)"]["Avg"] == "not run"
     assert rows["RVPT"]["Avg"] == "3.0"  # mean of 2, 5, 2
     assert rows["Linear probe"]["Avg"] == "25.0*"  # BadNet 0 and SIG 50; TrojVQA n/a
     numeric = pd.read_csv(report / "tables" / "main_numeric.csv")

@@ -16,7 +16,7 @@ DEFENSE_NAMES = {
     "rvpt": "RVPT",
     "vpt": "VPT",
     "cbpt": "CBPT",
-    "oracle": "Oracle (EftCLIP)",
+    "oracle": "Oracle (paper)",
     "oracle_ext": "Oracle (+ extensions)",
     "cleanclip": "CleanCLIP",
     "finetune": "Fine-tuning",
