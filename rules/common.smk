@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -43,11 +44,17 @@ STAGE_DATA = {
 
 def sources(stage, attacks=()):
     """The package files a stage runs (for the attacks given: one name or several), as workflow inputs."""
-    attacks = [attacks] if isinstance(attacks, str) else attacks
-    files = {as_source(path) for path in stage_files(stage, [attack_base(a) for a in attacks])}
-    return sorted(files | {str(SRC / path) for path in STAGE_DATA.get(stage, [])})
+    attacks = (attacks,) if isinstance(attacks, str) else tuple(attacks)
+    return list(stage_sources(stage, tuple(sorted({attack_base(a) for a in attacks}))))
 
 
+@functools.cache
+def stage_sources(stage, attacks):
+    files = {as_source(path) for path in stage_files(stage, list(attacks))}
+    return tuple(sorted(files | {str(SRC / path) for path in STAGE_DATA.get(stage, [])}))
+
+
+@functools.cache
 def as_source(path):
     """A source file as a workflow input: under this workflow's src/ relative to it, others as found."""
     package = SRC.resolve()
@@ -271,6 +278,7 @@ def defense_inputs(defense):
         raise WorkflowError(f"defenses.methods.{defense}.module: {err}") from None
 
 
+@functools.cache
 def defense_sources(stage, defense):
     """The stage's own sources plus the defense module and what it imports from the package."""
     files = set(sources(stage)) | {as_source(p) for p in imported_files(module_file(defense_module(defense)))}
