@@ -6,6 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from clip_backdoor.config.ablations import ablation_variants, variant_block
 from clip_backdoor.config.checks import image_size as config_image_size
 from clip_backdoor.config.modules import imported_files, module_file, module_inputs, stage_files
 
@@ -171,7 +172,7 @@ def evaluate_sources(wildcards):
 
 
 def metric_files():
-    rows = ["none", NEVER_POISONED, *defense_names()]
+    rows = ["none", NEVER_POISONED, *fitted_defenses()]
     combos = [("clean", "none")] + [(a, d) for a in attack_names() for d in rows]
     return [f"{RESULTS}/metrics/{d}/{a}/{df}/seed{s}.json"
             for d in dataset_names() for a, df in combos for s in config["seeds"]]
@@ -202,7 +203,7 @@ def final_checkpoints():
     defense states and the oracle's segmenter."""
     attacks = [f"{CKPT_DIR}/attacks/{a}/{name}.pt" for a in attack_names() for name in ("trigger", "model")]
     defenses = [defense_state(d, a, df, s) for d in dataset_names() for a in attack_names()
-                for df in defense_names() for s in config["seeds"]]  # fmt: skip
+                for df in fitted_defenses() for s in config["seeds"]]  # fmt: skip
     # a trained segmenter lives in checkpoints/<run>/oracle; FastSAM's file is the user's own weights path
     oracle = [DEFENSE_INPUTS["segmenter"]] if any("segmenter" in defense_inputs(df) for df in defense_names()) else []
     return [f"{CKPT_DIR}/clean.pt", *attacks, *defenses, *oracle]
@@ -263,12 +264,23 @@ def defense_names():
     return list(config["defenses"]["enabled"])
 
 
+ABLATIONS = {variant: (defense, knob) for variant, defense, knob in ablation_variants(config)}
+
+
+def fitted_defenses():
+    """Every defense the run fits: the enabled ones and their ablation variants (`defenses.ablations`)."""
+    return defense_names() + list(ABLATIONS)
+
+
 def defense_config(defense):
+    if defense in ABLATIONS:
+        return variant_block(config, defense)
     return config["defenses"]["methods"].get(defense, {})
 
 
 def defense_module(defense):
-    return defense_config(defense).get("module") or f"clip_backdoor.defenses.{defense}"
+    name = ABLATIONS[defense][0] if defense in ABLATIONS else defense
+    return defense_config(defense).get("module") or f"clip_backdoor.defenses.{name}"
 
 
 def defense_inputs(defense):

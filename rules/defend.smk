@@ -1,7 +1,7 @@
 rule defend:
     wildcard_constraints:
         # its metrics output shares the evaluate rule's pattern: only an enabled defense is fitted
-        defense="|".join(map(re.escape, defense_names())),
+        defense="|".join(map(re.escape, fitted_defenses())),
     output:
         state=defense_state("{dataset}", "{attack}", "{defense}", "{seed}"),
         log=defense_log("{dataset}", "{attack}", "{defense}", "{seed}"),

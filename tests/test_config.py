@@ -203,7 +203,36 @@ BAD_VALUES = [
         lambda c: c["defenses"]["enabled"].append("rvtp"),
         "defenses.enabled: 'rvtp' is neither a built-in defense",
     ),
+    (
+        lambda c: c["defenses"].update(ablations={"rvpt": ["alpha_prj"]}),
+        "defenses.ablations.rvpt: 'alpha_prj' is not a declared knob of rvpt",
+    ),
+    (
+        lambda c: c["defenses"].update(ablations={"rvpt": ["alpha_warmup"]}),
+        "defenses.ablations.rvpt: 'alpha_warmup' is already at its declared default 0",
+    ),
+    (
+        lambda c: c["defenses"].update(ablations={"bdetox": ["x"]}),
+        "defenses.ablations.bdetox: 'bdetox' is not an enabled defense",
+    ),
 ]
+
+
+def test_an_ablation_fits_its_defense_with_one_knob_back_at_its_default(workflow, tmp_path):
+    config = edited(lambda c: c["defenses"].update(ablations={"rvpt": ["alpha_proj"]}))
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        workflow, "-n", "-p", "all", "--configfile", str(tmp_path / "ablation.yaml"), "--forceall"
+    )
+    fits = {}
+    for line in proc.stdout.splitlines():
+        if "python -m clip_backdoor defend " in line:
+            params = json.loads(line.split("--params ")[1].split("' --")[0].strip("'"))
+            fits.setdefault(params["defense"], []).append(params)
+    variant, base = fits["rvpt-no-alpha_proj"], fits["rvpt"]
+    assert len(variant) == len(base) > 0
+    assert variant[0]["module"] == "clip_backdoor.defenses.rvpt"
+    assert variant[0]["params"] == {**base[0]["params"], "alpha_proj": 0.0} != base[0]["params"]
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_VALUES)

@@ -34,6 +34,11 @@ ASR = {
     "cbpt": {"badnet": [0.05, 0.05, 0.05], "sig": [0.04, 0.04, 0.04], "trojvqa": [0.30, 0.30, 0.30]},
     "oracle": {"badnet": [0.20, 0.20, 0.20], "trojvqa": [0.50, 0.50, 0.50]},  # sig: never run
     "linear_probe": {"badnet": [0.00, 0.00, 0.00], "sig": [0.50, 0.50, 0.50], "trojvqa": [None] * 3},
+    "rvpt-no-alpha_proj": {
+        "badnet": [0.30, 0.30, 0.30],
+        "sig": [0.40, 0.40, 0.40],
+        "trojvqa": [0.5, 0.5, 0.5],
+    },
 }
 
 
@@ -59,9 +64,8 @@ def metric(dataset, attack, defense, seed, asr):
     }
     row["val"] = {"ca": row["ca"] - 0.01, "asr": asr, "pa": row["pa"], "n_clean": 40, "n_poisoned": 30}
     if defense not in ("none", "never_poisoned"):
-        row["trainable_fraction"] = {"rvpt": 0.003, "cbpt": 0.001, "oracle": 0.2, "linear_probe": 0.0005}[
-            defense
-        ]
+        fractions = {"rvpt": 0.003, "cbpt": 0.001, "oracle": 0.2, "linear_probe": 0.0005}
+        row["trainable_fraction"] = fractions[defense.split("-no-")[0]]
     if asr is None:
         row["not_applicable"] = f"{defense} cannot take the text key 'remember '"
     return row
@@ -156,6 +160,7 @@ def run_config():
     config["defenses"]["enabled"] = DEFENSES
     config["evaluation"]["datasets"] = [{"name": "shapes4", "kind": "embedded", "target": "star"}]
     config["seeds"] = SEEDS
+    config["defenses"]["ablations"] = {"rvpt": ["alpha_proj"]}
     resolved = resolve(config)
     resolved.pop("dvc", None)
     return resolved
@@ -237,6 +242,13 @@ def test_main_table_gives_all_metrics_intervals_floor_and_verdicts(report):
     cell = numeric[(numeric["defense"] == "rvpt") & (numeric["attack"] == "badnet")].iloc[0]
     assert cell["asr_ci_low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3**0.5)
     assert cell["val_ca_mean"] == pytest.approx(0.90)
+
+
+def test_ablation_table_turns_one_knob_off_per_row(report):
+    rows = {r["Defense"]: r for r in markdown_rows(report / "tables" / "ablation_rvpt_shapes4.md")}
+    assert list(rows) == ["No defense", "RVPT", "RVPT without alpha_proj"]
+    assert rows["RVPT without alpha_proj"]["BadNet"] == "30.0 ± 0.0 (91.0 ± 1.0)"
+    assert "Ablations" in (report / "index.html").read_text()
 
 
 def test_floor_distance(report):

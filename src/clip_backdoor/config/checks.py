@@ -1,5 +1,7 @@
 """Constraints between config values that the schema cannot state, checked before any job runs."""
 
+from clip_backdoor.config.ablations import ablation_problems
+
 PAPER_IMAGE_SIZE = 224
 PATCH_ATTACKS = ("badnet", "badnet_lc", "trojvqa", "badclip")
 
@@ -7,6 +9,7 @@ PATCH_ATTACKS = ("badnet", "badnet_lc", "trojvqa", "badclip")
 def cross_checks(config):
     """One line per problem, naming the key, its value and what is allowed."""
     problems = defense_name_problems(config) + patch_problems(config) + poison_count_problems(config)
+    problems += ablation_problems(config) if not defense_name_problems(config) else []
     if config["data"]["kind"] == "embedded":
         problems += embedded_problems(config)
     return problems

@@ -155,6 +155,23 @@ def main_tables(summary, config, attacks, defenses, table_dir):
     return "\n".join(parts)
 
 
+def ablation_tables(summary, config, attacks, table_dir):
+    """Per ablated defense (`defenses.ablations`) and dataset: the defense, then one row per knob turned back
+    to its declared default; returns HTML ('' without ablations)."""
+    parts = []
+    for defense, knobs in config["defenses"]["ablations"].items():
+        rows = [defense, *(f"{defense}-no-{knob}" for knob in knobs)]
+        for dataset in (d["name"] for d in config["evaluation"]["datasets"]):
+            cells, bold = tables.grid_table(summary, dataset, attacks, rows)
+            caption = (
+                f"{dataset}: ablation of {tables.defense_label(defense)}, each row turning one knob back to "
+                "its declared default (off); ASR % (CA %), mean ± std over n runs; lowest ASR in bold."
+            )
+            tables.write_table(cells, table_dir, f"ablation_{defense}_{dataset}", caption, bold)
+            parts.append(f"<p>{html.escape(caption)}</p>{tables.to_html(cells, bold)}")
+    return "\n".join(parts)
+
+
 def main_caption(dataset, clean_text, acceptance, defenses, weak, floor):
     limits = ", ".join(
         f"{tables.defense_label(d)} ≤ {100 * v:g}%" for d, v in acceptance["asr_max"].items() if d in defenses
@@ -217,6 +234,7 @@ def run(
     frame.to_csv(table_dir / "raw_metrics.csv", index=False)
 
     main_html = main_tables(frame, config, attacks, defenses, table_dir)
+    ablations = ablation_tables(frame, config, attacks, table_dir)
     clean = tables.clean_table(frame)
     tables.write_table(clean, table_dir, "clean_accuracy", "Zero-shot clean accuracy of the clean CLIP")
     attack_rows = tables.attack_table(frame)
@@ -270,6 +288,7 @@ def run(
 
     sections = [
         ("Main results", main_html),
+        *([("Ablations", ablations)] if ablations else []),
         (
             "Model selection",
             f"<p>{html.escape(RULE)}</p><p>The validation split is <code>downstream_val</code> (the embedded "

@@ -37,6 +37,9 @@ NOT_APPLICABLE = "n/a"
 
 
 def defense_label(name):
+    if "-no-" in name:  # an ablation variant (clip_backdoor.config.ablations)
+        defense, knob = name.split("-no-", 1)
+        return f"{DEFENSE_NAMES.get(defense, defense)} without {knob}"
     return DEFENSE_NAMES.get(name, name)
 
 
