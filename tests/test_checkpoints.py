@@ -1,4 +1,8 @@
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +133,15 @@ def test_text_lr_scale_slows_only_the_text_tower(tmp_path):
     full, slow = moved(1.0), moved(0.01)
     assert slow["token_embedding.weight"] < 0.1 * full["token_embedding.weight"]
     assert slow["visual.proj"] > 0.5 * full["visual.proj"]
+
+
+def test_embedded_model_skips_timm_and_open_clip_archs_get_it_back():
+    code = (
+        "import sys\n"
+        "from clip_backdoor.models.factory import build_model, import_open_clip\n"
+        "build_model({'kind': 'embedded', 'config': 'micro-convvit'})\n"
+        "assert 'timm' not in sys.modules\n"
+        "assert import_open_clip(without_timm=False).timm_model.timm is not None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

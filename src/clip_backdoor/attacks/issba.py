@@ -10,6 +10,7 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from clip_backdoor.attacks.patching import check_batch
 
@@ -95,7 +96,7 @@ def train_stega(
     with warnings.catch_warnings():  # the flags warn about TF32 on Intel GPUs, untouched here
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
         with torch.backends.mkldnn.flags(enabled=False):
-            for _ in range(steps):
+            for _ in tqdm(range(steps), desc="issba encoder", unit="step", mininterval=5):
                 x = images[torch.randint(0, n, (batch_size,), generator=g)].to(device)
                 secret = torch.randint(0, 2, (batch_size, n_bits), generator=g).float().to(device)
                 residual = encoder(x, secret)
