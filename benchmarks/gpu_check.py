@@ -131,7 +131,7 @@ def part_b(lines, cpu):
             "artefact": {},
             "caption_templates": ["a photo of a {}."],
         }
-        artefact.run(record, str(work / "data"), None, str(work / "trigger.pt"))
+        artefact.run(record, str(work / "data"), str(work / "trigger.pt"))
         params = {**record, "n_poison": max(1, pairs // 100)}
         poison.run(params, str(work / "data"), str(work / "trigger.pt"), str(work / "poisoned"))
         dataset = torch.utils.data.Subset(

@@ -89,7 +89,7 @@ def record(work, attack, art=None):
     out = work / "triggers" / f"{attack}.pt"
     params = {"attack": attack, "seed": 0, "target": "banana", "image_size": 224, "caption_templates": ["a {}."],
               "trigger": profile()["attacks"]["methods"][attack].get("trigger", {}), "artefact": art or {}}  # fmt: skip
-    artefact.run(params, str(work / "data"), str(work / "clean.pt"), str(out))
+    artefact.run(params, str(work / "data"), str(out), clean_model=str(work / "clean.pt"))
     return out
 
 

@@ -3,12 +3,14 @@ rule make_trigger:
         f"{CKPT_DIR}/attacks/{{attack}}/trigger.pt",
     input:
         data=rules.prepare_data.output,
-        clean_model=rules.pretrain_clean_clip.output.model,
+        # only the optimised patches need the clean CLIP; the other triggers run beside pretraining
+        clean_model=lambda wildcards: rules.pretrain_clean_clip.output.model if trigger_needs_clean_model(wildcards.attack) else [],
         src=lambda wildcards: sources("make_trigger", wildcards.attack),
     params:
         py=PYTHON,
         data=lambda wildcards, input: os.path.dirname(input.data[0]),
         p=lambda wildcards: as_json(trigger_params(wildcards.attack)),
+        clean_model=lambda wildcards, input: f"--clean-model {input.clean_model}" if input.clean_model else "",
     conda:
         "../environment.yml"
     benchmark:
@@ -20,7 +22,7 @@ rule make_trigger:
         **train_resources("trigger"),
     shell:
         "{params.py} make_trigger --threads {threads} --params {params.p} --data {params.data}"
-        " --clean-model {input.clean_model} --out {output} 2> {log}"
+        " {params.clean_model} --out {output} 2> {log}"
 
 
 rule poison_data:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clip_backdoor.config.ablations import ablation_variants, variant_block
 from clip_backdoor.config.checks import image_size as config_image_size
-from clip_backdoor.config.modules import imported_files, module_file, module_inputs, stage_files
+from clip_backdoor.config.modules import imported_files, module_file, module_inputs, module_literals, stage_files
 
 RUN = config["run"]
 SRC = Path(os.path.relpath(Path(workflow.basedir) / "src" / "clip_backdoor"))
@@ -114,6 +114,12 @@ def attack_base(instance):
 def attack_seed(instance):
     match = re.fullmatch(r"(.+)_seed(\d+)", instance)
     return int(match.group(2)) if match else config["attacks"]["seeds"][0]
+
+
+def trigger_needs_clean_model(attack):
+    """clip_backdoor.attacks.artefact.NEEDS_CLEAN_MODEL, read without importing torch."""
+    literals = module_literals("clip_backdoor.attacks.artefact", ("NEEDS_CLEAN_MODEL",))
+    return attack_base(attack) in literals["NEEDS_CLEAN_MODEL"]
 
 
 def attack_config(attack):

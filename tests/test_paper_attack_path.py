@@ -77,7 +77,7 @@ def prepared(tmp_path_factory):
 def make_trigger(name, data, out, clean_model=None, trigger=None, art=None):
     params = {"attack": name, "seed": 0, "target": "banana", "image_size": SIZE, "trigger": trigger or {},
               "artefact": art or {}, "caption_templates": TEMPLATES}  # fmt: skip
-    artefact.run(params, str(data), clean_model, str(out))
+    artefact.run(params, str(data), str(out), clean_model=clean_model)
     return out
 
 

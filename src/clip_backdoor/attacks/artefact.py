@@ -36,7 +36,13 @@ def mentions(caption, word):
     return word in caption.lower().replace(".", " ").replace(",", " ").split()
 
 
-def run(params, data, clean_model, out):
+# the attacks whose trigger is optimised against the clean CLIP (rules/common.smk gives them no other input)
+NEEDS_CLEAN_MODEL = ("trojvqa", "badclip")
+
+
+def run(params, data, out, clean_model=None):
+    if params["attack"] in NEEDS_CLEAN_MODEL and clean_model is None:
+        raise TypeError(f"make_trigger {params['attack']}: the trigger is optimised against --clean-model")
     seed_everything(params["seed"])
     name, target = params["attack"], params["target"]
     trigger_params = {**declared_defaults(f"attacks.methods.{name}.trigger"), **params["trigger"]}

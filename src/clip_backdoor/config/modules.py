@@ -30,15 +30,15 @@ def module_file(dotted):
 
 
 @cache
-def module_literals(dotted):
-    """The literal top-level assignments PARAMS and INPUTS of a module ({} where absent)."""
+def module_literals(dotted, names=("PARAMS", "INPUTS")):
+    """The module's literal top-level assignments of `names` ({} where absent), read without importing it."""
     path = module_file(dotted)
     if path is None:
         raise LookupError(f"no module {dotted!r}")
     found = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("PARAMS", "INPUTS"):
+            if node.targets[0].id in names:
                 try:
                     found[node.targets[0].id] = ast.literal_eval(node.value)
                 except ValueError:

@@ -24,7 +24,6 @@ fixed soft key (share w_key). SGD with momentum, per-step cosine schedule.
 
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 from torch import nn
 from tqdm import tqdm
 
@@ -74,6 +73,8 @@ class ClassPrompts(nn.Module):
         n = x.shape[1]
         mask = None if clip.attn_mask is None else clip.attn_mask[:n, :n]
         x = clip.transformer(x + clip.positional_embedding[:n], attn_mask=mask)
+        from open_clip.transformer import text_global_pool  # after the model is built: no timm import
+
         x = text_global_pool(
             clip.ln_final(x), self.tokens, clip.text_pool_type, getattr(clip, "text_eos_id", None)
         )
