@@ -23,6 +23,7 @@ GPUS ?= $(shell nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
 GPU_LIMIT = $(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS),)
 
 run: $(STAMP)
+	@echo "make run: each job logs to logs/synthetic/<rule>/...; Snakemake prints 'N of M steps' as jobs finish"
 	$(VENV)/bin/snakemake --cores $(CORES) $(GPU_LIMIT) --keep-going all
 
 # The report tests open the HTML page in headless Chromium (Debian's package; skipped if it cannot install).

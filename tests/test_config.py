@@ -50,7 +50,7 @@ def test_the_paper_profile_resolves_to_the_papers_protocol(workflow):
     assert attacks["caption_templates"] == OPENAI_TEMPLATES == config["evaluation"]["templates"]
     assert attacks["finetune"] == {
         "epochs": 5, "batch_size": 128, "lr": 1.0e-5, "weight_decay": 0.1, "warmup_steps": 50,
-        "save_every_epochs": 1, "amp": True, "text_lr_scale": 1.0,
+        "save_every_epochs": 1, "amp": True, "text_lr_scale": 1.0, "cpu_attention": "default",
     }  # fmt: skip
     for name in ATTACKS:
         block = attacks["methods"][name]

@@ -147,10 +147,13 @@ def test_caltech101_coop_names_and_disjoint_splits(tmp_path):
     cfg = {"name": "caltech", "kind": "caltech101", "root": str(tmp_path), "image_size": 16}
     test, names = paper.load_downstream(cfg, "test")
     train, _ = paper.load_downstream(cfg, "train")
+    val, _ = paper.load_downstream(cfg, "val")  # carved from train: 3 per class, at most half of it (1)
     assert names == ["face", "accordion", "airplane"]
-    assert len(test) + len(train) == 12 and len(test) == 3
+    assert len(test) + len(train) + len(val) == 12 and len(test) == 3 and len(val) == 3
     assert sorted(test.labels) == [0, 1, 2]
-    assert set(test.paths).isdisjoint(train.paths)
+    train_paths = {train.dataset.paths[i] for i in train.indices}
+    val_paths = {val.dataset.paths[i] for i in val.indices}
+    assert set(test.paths).isdisjoint(train_paths | val_paths) and train_paths.isdisjoint(val_paths)
     image, label = test[0]
     assert image.shape == (3, 16, 16) and isinstance(label, int)
 
